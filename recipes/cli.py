@@ -1,0 +1,149 @@
+"""The ``retort`` command line. One function per subcommand; heavy libraries load only inside them.
+
+Exit codes: 0 success; 2 bad input (nothing recorded); 1 a failure during work (the run is FAILED);
+130/143 interrupted by SIGINT/SIGTERM (the run is KILLED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .errors import Interrupted, RecipeError, RunFailed
+
+EXAMPLES = {
+    "run": """examples:
+  retort run digits-mlp                         # a shipped recipe, recorded in ./mlflow.db
+  retort run my.yaml -s optimizer.lr=0.01 -s data.batch_size=32
+  retort run digits-mlp -s trainer.max_epochs=3 -q --tracking-uri sqlite:///runs.db""",
+    "show": """examples:
+  retort show digits-mlp                        # every field, every default
+  retort show digits-mlp -s optimizer=rmsprop > mine.yaml && retort run mine.yaml""",
+    "recipes": """examples:
+  retort recipes""",
+    "plugins": """examples:
+  retort plugins              # every kind
+  retort plugins optimizer    # Flux rules and torch.optim classes, with their origin""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    parser = argparse.ArgumentParser(
+        prog="retort",
+        description="Run deep-learning training recipes and record every run in MLflow.",
+        epilog="examples:\n  retort recipes\n  retort run digits-mlp\n  retort show digits-mlp -s optimizer.lr=0.01\n"
+               "  retort plugins loss\n\nrun 'retort COMMAND --help' for a command's options and examples",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"retort {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common], epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    for name, help in (("run", "train, test and record one run of a recipe"),
+                       ("show", "print the fully resolved recipe (every default filled) as YAML")):
+        p = add(name, help)
+        p.add_argument("recipe", metavar="RECIPE", help="a recipe file or a shipped recipe's name")
+        p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a field by dotted path (repeatable), e.g. -s optimizer.lr=0.01")
+    add("recipes", "list the shipped recipes")
+    p = add("plugins", "list registered plugins with their one-line doc and origin")
+    p.add_argument("kind", nargs="?", metavar="KIND",
+                   help="loss, optimizer, scheduler, callback, model, data or metric (default: all)")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("retort")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import recipes
+
+    recipe = recipes.load(args.recipe, args.overrides)
+    from .runner import run
+
+    try:
+        result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet)
+    except RunFailed as exc:
+        print(f"error: run failed: {exc}", file=sys.stderr)
+        if exc.run_id:
+            print(f"run_id: {exc.run_id} (FAILED)", file=sys.stderr)
+        return 1
+    for key, value in result.metrics.items():
+        print(f"{key}: {value:.6g}")
+    print(f"run_id: {result.run_id}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import recipes
+
+    sys.stdout.write(recipes.load(args.recipe, args.overrides).to_yaml())
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import recipes
+
+    rows = recipes.shipped()
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    import plugins
+
+    if args.kind is not None and args.kind not in plugins.KINDS:
+        raise RecipeError(f"unknown plugin kind {args.kind!r}{plugins.did_you_mean(args.kind, plugins.KINDS)}; "
+                          f"valid kinds: {', '.join(plugins.KINDS)}", field="KIND")
+    rows = plugins.describe(args.kind)
+    kinds = [args.kind] if args.kind else list(plugins.KINDS)
+    for kind in kinds:
+        mine = [r for r in rows if r[0] == kind]
+        print(f"{kind} ({len(mine)})")
+        width = max((len(r[1]) for r in mine), default=0)
+        for _, name, doc, origin in mine:
+            print(f"  {name:<{width}}  {doc}  [{origin}]")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run, "show": cmd_show, "recipes": cmd_recipes, "plugins": cmd_plugins,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    try:
+        return COMMANDS[args.command](args)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except Interrupted as exc:
+        print(f"\ninterrupted ({exc}); the run is recorded as KILLED", file=sys.stderr)
+        return 128 + exc.signum
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The training loop: a LightningModule around a recipe's model, loss, optimizer, schedule and metrics.
+
+It is the seed's loop, with Lightning doing the bookkeeping::
+
+    for epoch in 1:max_epochs                      # trainer.max_epochs
+        for (x, y) in train_loader                 # RecipeData.train_dataloader (data plugin)
+            ŷ = model(x)                           # training_step: forward (model plugin + head)
+            loss = loss_fn(ŷ, y)                   #                loss (loss plugin)
+            grads = gradient(loss)                 # Lightning: backward (accumulated `accumulate` times)
+            clip!(grads)                           # configure_gradient_clipping (optimizer.clip_*)
+            update!(opt, params, grads)            # Lightning: optimizer.step (optimizer plugin)
+            schedule!(opt)                         # scheduler, interval "step"
+            epoch_loss += loss                     # step_losses, recorded off the hot path
+        average_epoch_loss = epoch_loss / n        # epoch_summary: train/loss_epoch
+        validate: val/loss, val/<metric>           # validation_step / on_validation_epoch_end
+        callbacks: stop? checkpoint? schedule!     # callback plugins, interval "epoch"
+    test: test/loss, test/<metric>
+
+Per step the loop only keeps the detached loss tensor (no host sync, no logger call); losses become
+numbers once per epoch, when the recorder and the epoch line read :meth:`RecipeModule.epoch_summary`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+import plugins
+from plugins.callbacks import NonFiniteLoss
+from plugins.data import DataInfo, Splits, TensorLoader
+
+from .errors import RecipeError
+from .schema import Recipe, metric_key, plugin_spec
+
+
+def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> Any:
+    """``plugins.build`` whose input errors name the recipe field (``optimizer.lr``)."""
+    try:
+        return plugins.build(kind, spec, *args, **fill)
+    except plugins.PluginError as exc:
+        raise RecipeError(str(exc), field=f"{path}.{exc.field}" if exc.field else path) from None
+
+
+class RecipeData(pl.LightningDataModule):
+    """In-memory splits served by slicing tensors (faster than a per-sample DataLoader here)."""
+
+    def __init__(self, recipe: Recipe, splits: Splits):
+        super().__init__()
+        self.splits = splits
+        self.seed = recipe.seed
+        self.batch_size = recipe.data["batch_size"]
+        self.eval_batch_size = recipe.data["eval_batch_size"]
+        self.shuffle = recipe.data["shuffle"]
+        self.drop_last = recipe.data["drop_last"]
+        self._train: TensorLoader | None = None
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> TensorLoader:
+        rank, world = self._rank()
+        x, y = self.splits.train
+        self._train = TensorLoader(x, y, self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                                   drop_last=self.drop_last, rank=rank, world_size=world)
+        return self._train
+
+    def _eval(self, split: tuple[Tensor, Tensor]) -> TensorLoader:
+        rank, world = self._rank()
+        x, y = split
+        return TensorLoader(x, y, self.eval_batch_size, shuffle=False, rank=rank, world_size=world)
+
+    def val_dataloader(self) -> TensorLoader | list[Any]:
+        return self._eval(self.splits.val) if len(self.splits.val[0]) else []
+
+    def test_dataloader(self) -> TensorLoader | list[Any]:
+        return self._eval(self.splits.test) if len(self.splits.test[0]) else []
+
+    def set_epoch(self, epoch: int) -> None:
+        if self._train is not None:
+            self._train.set_epoch(epoch)
+
+
+def steps_per_epoch(recipe: Recipe, info: DataInfo, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch (batches per rank, over gradient accumulation)."""
+    per_rank = math.ceil(info.n_train / world_size)
+    batches = per_rank // recipe.data["batch_size"] if recipe.data["drop_last"] else \
+        math.ceil(per_rank / recipe.data["batch_size"])
+    return max(1, math.ceil(batches / recipe.optimizer["accumulate"]))
+
+
+class RecipeModule(pl.LightningModule):
+    """Model, loss, metrics, optimizer and schedule of one recipe, built from the registries."""
+
+    def __init__(self, recipe: Recipe, info: DataInfo, world_size: int = 1):
+        super().__init__()
+        self.recipe = recipe
+        self.info = info
+        self.world = world_size
+        model = build_plugin("model", plugin_spec("model", recipe.model), "model", info)
+        head = {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid()}.get(recipe.model["head"])
+        self.net = model if head is None else nn.Sequential(model, head)
+        self.loss_fn = build_plugin("loss", recipe.loss, "loss")
+        self.val_metrics = nn.ModuleDict(
+            {metric_key(m): build_plugin("metric", m, f"metrics.{i}", info) for i, m in enumerate(recipe.metrics)})
+        self.test_metrics = nn.ModuleDict({k: m.clone() for k, m in self.val_metrics.items()})
+        self.step_losses: list[Tensor] = []  # this epoch's batch losses, detached
+        self.step_lrs: list[float] = []
+        self._eval_sum: Tensor | None = None
+        self._eval_count = 0
+        self._val: dict[str, float] = {}
+        self._summary: tuple[int, dict[str, float]] | None = None
+        self.batches_seen = 0  # batches trained since the start of the run (the step of train/loss)
+        self.history: dict[str, list[tuple[int, Any]]] = {}  # other values callbacks record, per step
+
+    def record(self, key: str, value: Any, step: int) -> None:
+        """Keep ``value`` (a float or a tensor, read later) for the recorder to write at the epoch's end."""
+        self.history.setdefault(key, []).append((step, value))
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        yhat = self(x)  # forward
+        loss = self.loss_fn(yhat, y)  # loss; Lightning then does backward, clipping, update
+        self.step_losses.append(loss.detach())
+        self.step_lrs.append(self._lr())
+        self.batches_seen += 1
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.step_losses, self.step_lrs = [], []
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            datamodule.set_epoch(self.current_epoch)
+
+    def epoch_summary(self) -> dict[str, float]:
+        """This epoch's average training loss (the seed's epoch line) and its validation values."""
+        epoch = self.current_epoch
+        if self._summary is None or self._summary[0] != epoch:
+            n = len(self.step_losses)
+            total = torch.stack(self.step_losses).sum().item() if n else float("nan")
+            values = {"train/loss_epoch": total / n if n else float("nan")}
+            values.update(self._val if self._val.get("epoch") == epoch else {})
+            values.pop("epoch", None)
+            self._summary = (epoch, values)
+        return dict(self._summary[1])
+
+    def on_train_epoch_end(self) -> None:
+        # after the plain callbacks (recorder, epoch line), before early stopping and checkpoints
+        average = self.epoch_summary()["train/loss_epoch"]
+        if not math.isfinite(average):
+            bad = torch.stack(self.step_losses)
+            first = int((~torch.isfinite(bad)).nonzero()[0, 0])
+            raise NonFiniteLoss(f"training loss is {float(bad[first])} at epoch {self.current_epoch + 1}, "
+                                f"batch {first + 1}")
+        self.log("train/loss_epoch", average, logger=False)
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: nn.ModuleDict) -> None:
+        x, y = batch
+        yhat = self(x)
+        loss = self.loss_fn(yhat, y)
+        n = len(x)
+        self._eval_sum = loss.detach() * n + (0 if self._eval_sum is None else self._eval_sum)
+        self._eval_count += n
+        if len(metrics):
+            preds, target = self.metric_inputs(yhat, y)
+            for metric in metrics.values():
+                metric.update(preds, target)
+
+    def metric_inputs(self, yhat: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Model output -> what torchmetrics expects: probabilities for classes, values for regression."""
+        head = self.recipe.model["head"]
+        if self.info.task == "multiclass":
+            return (yhat if head == "softmax" else yhat.softmax(dim=1)), y
+        if self.info.task == "binary":
+            p = yhat.reshape(-1)
+            return (p if head == "sigmoid" else p.sigmoid()), y.reshape(-1)
+        if y.ndim == 2 and y.shape[1] == 1:
+            return yhat.reshape(-1), y.reshape(-1)
+        return yhat.reshape(y.shape), y
+
+    def _eval_end(self, prefix: str, metrics: nn.ModuleDict) -> dict[str, float]:
+        total = self._eval_sum if self._eval_sum is not None else torch.zeros((), device=self.device)
+        stats = torch.stack([total.float(), torch.tensor(float(self._eval_count), device=total.device)])
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        values = {f"{prefix}/loss": (stats[0] / stats[1]).item() if stats[1] > 0 else float("nan")}
+        for key, metric in metrics.items():
+            values[f"{prefix}/{key}"] = float(metric.compute())
+            metric.reset()
+        self._eval_sum, self._eval_count = None, 0
+        self.log_dict(values, logger=False)
+        return values
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._val = {**self._eval_end("val", self.val_metrics), "epoch": self.current_epoch}
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_values = self._eval_end("test", self.test_metrics)
+
+    # --- optimizer, schedule, clipping -------------------------------------------------------
+
+    def _lr(self) -> float:
+        opt = self.trainer.optimizers[0] if self._trainer is not None else None
+        return float(opt.param_groups[0]["lr"]) if opt is not None else float("nan")
+
+    def configure_optimizers(self) -> Any:
+        r = self.recipe
+        optimizer = build_plugin("optimizer", plugin_spec("optimizer", r.optimizer), "optimizer", self.parameters())
+        if r.scheduler is None:
+            return optimizer
+        from plugins.schedulers import with_warmup
+
+        spec = plugin_spec("scheduler", r.scheduler)
+        per_epoch = steps_per_epoch(r, self.info, self.world)
+        if r.scheduler["interval"] == "epoch":
+            total = r.trainer["max_epochs"]
+        else:
+            total = per_epoch * r.trainer["max_epochs"]
+            if r.trainer["max_steps"] > 0:
+                total = min(total, r.trainer["max_steps"])
+        warmup = r.scheduler["warmup"]
+        scheduler = build_plugin("scheduler", spec, "scheduler", optimizer, total=max(1, total - warmup))
+        if warmup:
+            scheduler = with_warmup(optimizer, scheduler, warmup, r.scheduler["warmup_start"])
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": r.scheduler["interval"]}
+        if "monitor" in spec and spec.get("monitor"):
+            config["monitor"] = spec["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        o = self.recipe.optimizer
+        if o["clip_value"] is not None:
+            nn.utils.clip_grad_value_(self.parameters(), o["clip_value"])
+        if o["clip_norm"] is not None:
+            if o["clip_per_tensor"]:
+                from plugins.optimizers import clip_per_tensor_norm_
+
+                clip_per_tensor_norm_(self.parameters(), o["clip_norm"])
+            else:
+                nn.utils.clip_grad_norm_(self.parameters(), o["clip_norm"])

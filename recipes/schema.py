@@ -1,0 +1,350 @@
+"""The Recipe: every section, its fields and defaults, and validation against the plugin registries.
+
+A recipe is plain data. Plugin sections (data, model, loss, optimizer, scheduler, callbacks, metrics)
+are ``{name: ..., field: value}`` mappings whose fields come from two places: the options every plugin
+of that kind shares (the ``*Options`` classes below, handled by the loop) and the plugin's own fields
+(its factory's signature, see ``plugins``). Resolution fills every default, so the resolved recipe
+printed by ``retort show`` is complete and runs the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+import plugins
+
+from .errors import RecipeError
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataOptions(_Options):
+    """Shared by every data source; the source's own fields (a CSV's path, ...) come from its plugin."""
+
+    batch_size: int = Field(64, gt=0, description="samples per training batch")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of rows held out for validation")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="share of rows held out for the final test")
+    scale: Literal["standard", "minmax", "none"] = Field("standard", description="feature scaling, fit on train")
+    target_scale: Literal["standard", "none"] = Field("none", description="regression target scaling")
+    shuffle: bool = Field(True, description="reshuffle the training rows every epoch (seeded)")
+    drop_last: bool = Field(False, description="drop the last, smaller training batch")
+    eval_batch_size: int = Field(1024, gt=0, description="batch size of validation and test passes")
+
+
+class ModelOptions(_Options):
+    head: Literal["auto", "none", "softmax", "sigmoid"] = Field(
+        "auto", description="output activation; auto: softmax/sigmoid when the loss takes probabilities")
+
+
+class OptimizerOptions(_Options):
+    clip_value: float | None = Field(None, gt=0, description="clamp each gradient element to ±value (ClipGrad)")
+    clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm to this value (ClipNorm)")
+    clip_per_tensor: bool = Field(False, description="clip_norm per tensor (Flux) instead of one global norm")
+    accumulate: int = Field(1, ge=1, description="accumulate gradients over this many batches (AccumGrad)")
+
+
+class SchedulerOptions(_Options):
+    interval: Literal["step", "epoch"] = Field("epoch", description="advance the schedule per step or epoch")
+    warmup: int = Field(0, ge=0, description="linear warmup length, in intervals, before the schedule")
+    warmup_start: float = Field(0.0, ge=0, le=1, description="warmup starts at lr × this factor")
+
+
+class TrainerOptions(_Options):
+    max_epochs: int = Field(10, ge=1, description="epochs to train")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: no limit)")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | list[int] | Literal["auto"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp",
+                      "single_device"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    deterministic: bool = Field(True, description="deterministic algorithms, for exact re-runs")
+    check_val_every_n_epoch: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+class TrackingOptions(_Options):
+    experiment: str | None = Field(None, description="MLflow experiment (default: the recipe's name)")
+    uri: str | None = Field(None, description="tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    run_name: str | None = Field(None, description="MLflow run name (default: MLflow's generated name)")
+    log_every_n_steps: int = Field(1, ge=1, description="record train/loss every n steps")
+    checkpoint: bool = Field(True, description="keep the best checkpoint as an artifact")
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on the run")
+
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "patient")
+
+
+class SpaceParam(_Options):
+    """One searched field: a float/int range (``low``, ``high``, ``log``, ``step``) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SpaceParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class SweepOptions(_Options):
+    metric: str = Field("val/loss", description="the value the sweep optimizes (its last epoch's value)")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    trials: int = Field(20, ge=1)
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    pruner: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
+    seed: int | None = Field(None, description="sampler seed (default: the recipe's seed)")
+    space: dict[str, SpaceParam] = Field(default_factory=dict)
+
+
+#: top-level fields in the order a resolved recipe lists them
+SECTIONS = ("name", "description", "seed", "data", "model", "loss", "optimizer", "scheduler", "callbacks",
+            "metrics", "trainer", "tracking", "sweep")
+_DEFAULTS: dict[str, Any] = {
+    "data": {"name": "digits"},
+    "model": {"name": "mlp"},
+    "loss": "logitcrossentropy",
+    "optimizer": {"name": "adam"},
+}
+_OPTIONS: dict[str, type[_Options] | None] = {
+    "data": DataOptions, "model": ModelOptions, "loss": None, "optimizer": OptimizerOptions,
+    "scheduler": SchedulerOptions, "callback": None, "metric": None,
+}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe with every default filled. ``to_dict()`` is its resolved YAML form."""
+
+    name: str
+    description: str
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]
+    loss: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    callbacks: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    trainer: dict[str, Any]
+    tracking: dict[str, Any]
+    sweep: dict[str, Any] | None
+    source: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(getattr(self, k)) for k in SECTIONS}
+
+    def to_yaml(self) -> str:
+        from .yamlio import dumps
+
+        return dumps(self.to_dict())
+
+    def flat(self) -> dict[str, Any]:
+        """Every field under its dotted path (``optimizer.lr``; list items as ``callbacks.0.name``)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            elif isinstance(value, list) and value and any(isinstance(v, (dict, list)) for v in value):
+                for i, v in enumerate(value):
+                    walk(f"{prefix}.{i}", v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """The names every run of this recipe records per epoch and at the end."""
+        keys = ["train/loss_epoch", "val/loss", "test/loss"]
+        for m in self.metrics:
+            keys += [f"val/{metric_key(m)}", f"test/{metric_key(m)}"]
+        return keys
+
+
+def metric_key(spec: Mapping[str, Any]) -> str:
+    """``{"name": "accuracy"}`` -> ``accuracy``; ``torchmetrics.MeanSquaredError`` -> ``MeanSquaredError``."""
+    return str(spec["name"]).rsplit(".", 1)[-1]
+
+
+# --- resolution -------------------------------------------------------------------------------
+
+def resolve(raw: Any, *, source: str | None = None, default_name: str = "recipe") -> Recipe:
+    """Validate raw recipe data (from YAML, after overrides) into a :class:`Recipe`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"a recipe is a mapping of sections, got {type(raw).__name__}", source=source)
+    for key in raw:
+        if key not in SECTIONS:
+            raise RecipeError(
+                f"unknown field{plugins.did_you_mean(str(key), SECTIONS)}; valid fields: {', '.join(SECTIONS)}",
+                field=str(key), source=source)
+    try:
+        return _resolve(raw, default_name)
+    except RecipeError as exc:
+        exc.source = exc.source or source
+        raise
+
+
+def _resolve(raw: Mapping[str, Any], default_name: str) -> Recipe:
+    name = _scalar(raw, "name", str, default_name)
+    description = _scalar(raw, "description", str, "")
+    seed = _scalar(raw, "seed", int, 0)
+    sections = {k: _plugin_section(k, raw.get(k, _DEFAULTS[k]), k) for k in ("data", "model", "loss", "optimizer")}
+    scheduler = raw.get("scheduler")
+    scheduler = None if scheduler is None else _plugin_section("scheduler", scheduler, "scheduler")
+    callbacks = [_plugin_section("callback", s, f"callbacks.{i}") for i, s in enumerate(_list(raw, "callbacks"))]
+    metrics = [_plugin_section("metric", s, f"metrics.{i}") for i, s in enumerate(_list(raw, "metrics"))]
+    trainer = _options(TrainerOptions, raw.get("trainer"), "trainer")
+    tracking = _options(TrackingOptions, raw.get("tracking"), "tracking")
+    sweep = raw.get("sweep")
+    sweep = None if sweep is None else _options(SweepOptions, sweep, "sweep")
+
+    sections["model"]["head"] = _head(sections["model"]["head"], sections["loss"])
+    recipe = Recipe(name=name, description=description, seed=seed, scheduler=scheduler, callbacks=callbacks,
+                    metrics=metrics, trainer=trainer, tracking=tracking, sweep=sweep, **sections)
+    _check_consistency(recipe)
+    return recipe
+
+
+def _scalar(raw: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
+    value = raw.get(key, default)
+    if value is None:
+        value = default
+    if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
+        raise RecipeError(f"must be {typ.__name__}, got {value!r}", field=key)
+    return value
+
+
+def _list(raw: Mapping[str, Any], key: str) -> list[Any]:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise RecipeError(f"must be a list of plugin specs, got {value!r}", field=key)
+    return value
+
+
+def _options(cls: type[_Options], value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"must be a mapping, got {value!r}", field=path)
+    try:
+        return cls(**value).model_dump()
+    except ValidationError as exc:
+        raise _pydantic_error(exc, path, cls) from None
+
+
+def _pydantic_error(exc: ValidationError, path: str, cls: type[BaseModel]) -> RecipeError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    where = f"{path}.{loc}" if loc else path
+    got = err.get("input")
+    if err["type"] == "extra_forbidden":
+        valid = list(cls.model_fields)
+        key = str(err["loc"][-1])
+        if len(err["loc"]) > 1 and cls is SweepOptions:  # inside a space entry
+            valid = list(SpaceParam.model_fields)
+        return RecipeError(f"unknown field{plugins.did_you_mean(key, valid)}; valid fields: {', '.join(valid)}",
+                           field=where)
+    msg = err["msg"].removeprefix("Value error, ")
+    return RecipeError(f"{msg} (got {got!r})" if not isinstance(got, Mapping) else msg, field=where)
+
+
+def _plugin_section(kind: str, spec: Any, path: str) -> dict[str, Any]:
+    """``name`` or ``{name, shared options..., plugin fields...}`` -> resolved mapping, defaults filled."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise RecipeError(f"must be a {kind} name or a mapping with 'name', got {spec!r}", field=path)
+    options_cls = _OPTIONS[kind]
+    shared = set(options_cls.model_fields) if options_cls else set()
+    try:
+        name, _ = plugins.split_spec(kind, spec)
+        entry = plugins.get(kind, name)
+        own = {k: v for k, v in spec.items() if k not in shared}
+        for key in own:
+            if key != "name" and entry.aliases.get(key, key) not in entry.params:
+                valid = [*entry.params, *sorted(shared)]
+                raise plugins.PluginError(
+                    f"{kind} {entry.name!r} has no field {key!r}{plugins.did_you_mean(key, valid)}; "
+                    f"valid fields: {', '.join(valid)}", field=key)
+        resolved = plugins.resolve(kind, own)
+    except plugins.PluginError as exc:
+        raise RecipeError(str(exc), field=f"{path}.{exc.field}" if exc.field else path) from None
+    if options_cls is not None:
+        opts = _options(options_cls, {k: v for k, v in spec.items() if k in shared}, path)
+        return {**resolved, **opts}
+    return resolved
+
+
+def plugin_spec(kind: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved section less the options the loop handles itself: what the plugin's factory takes."""
+    cls = _OPTIONS[kind]
+    shared = set(cls.model_fields) if cls else set()
+    return {k: v for k, v in section.items() if k not in shared}
+
+
+def _head(head: str, loss: Mapping[str, Any]) -> str:
+    if head != "auto":
+        return head
+    meta = plugins.get("loss", loss["name"]).meta
+    if meta.get("input") != "probabilities":
+        return "none"
+    return "softmax" if "multiclass" in meta.get("task", ()) else "sigmoid"
+
+
+def _check_consistency(r: Recipe) -> None:
+    keys = [metric_key(m) for m in r.metrics]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise RecipeError(f"metric {sorted(dup)[0]!r} is listed twice", field="metrics")
+    known = ["train/loss", "train/loss_epoch", "val/loss"] + [f"val/{k}" for k in keys]
+    monitored = [(f"callbacks.{i}", cb) for i, cb in enumerate(r.callbacks)]
+    if r.scheduler is not None:
+        monitored.append(("scheduler", r.scheduler))
+    for path, spec in monitored:
+        monitor = spec.get("monitor")
+        if monitor is not None and monitor not in known:
+            raise RecipeError(f"{monitor!r} is not recorded by this recipe{plugins.did_you_mean(monitor, known)}; "
+                              f"valid choices: {', '.join(known)}", field=f"{path}.monitor")
+    if r.scheduler is not None and r.scheduler["name"] == "plateau" and r.scheduler["warmup"]:
+        raise RecipeError("warmup cannot precede a plateau schedule", field="scheduler.warmup")
+    if r.data["val_fraction"] + r.data["test_fraction"] >= 1:
+        raise RecipeError("val_fraction + test_fraction must stay below 1", field="data.val_fraction")
+    if r.sweep is not None:
+        sweep_metric = r.sweep["metric"]
+        if sweep_metric not in known:
+            raise RecipeError(f"{sweep_metric!r} is not recorded by this recipe"
+                              f"{plugins.did_you_mean(sweep_metric, known)}; valid choices: {', '.join(known)}",
+                              field="sweep.metric")
+        flat = r.flat()
+        for path in r.sweep["space"]:
+            if path not in flat:
+                raise RecipeError(f"no recipe field {path!r}{plugins.did_you_mean(path, flat)}",
+                                  field=f"sweep.space.{path}")

@@ -1,0 +1,118 @@
+"""The MLflow record of one run: params, tags, buffered metrics, artifacts and an honest final status.
+
+Written with :class:`mlflow.MlflowClient` (no fluent global state). Metric values are buffered in
+memory and written in large ``log_batch`` calls when :meth:`RunRecord.flush` is called (epoch ends,
+the end of the run, failures), so logging every step costs almost nothing on the training path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+
+
+def resolve_uri(cli: str | None = None, recipe: str | None = None) -> str:
+    """The tracking URI: ``--tracking-uri``, else the recipe's, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
+    return cli or recipe or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def param_value(value: Any) -> str:
+    """A param as text that reads back as the same YAML value (``[128, 64]``, ``null``, ``0.001``)."""
+    if isinstance(value, str):
+        return value
+    import json
+
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else repr(value)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+class RunRecord:
+    """One MLflow run. Create it with :meth:`start`; end it with :meth:`finish` exactly once."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self._buffer: list[Any] = []
+        self.finished = False
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, *, run_name: str | None = None,
+              params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> RunRecord:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(experiment)
+            except Exception:  # another process created it first
+                exp = client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        record = cls(client, run.info.run_id, exp_id)
+        plist = [Param(k, param_value(v)) for k, v in (params or {}).items()]
+        for chunk in _chunks(plist, _MAX_PARAMS):
+            client.log_batch(record.run_id, params=chunk)
+        if tags:
+            tlist = [RunTag(k, str(v)) for k, v in tags.items()]
+            for chunk in _chunks(tlist, _MAX_TAGS):
+                client.log_batch(record.run_id, tags=chunk)
+        return record
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer metric values at ``step``; nothing is written until :meth:`flush`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+
+    def log_series(self, key: str, values: Iterable[float], steps: Iterable[int]) -> None:
+        """Buffer a whole series of one metric (a per-step loss) in one call."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(key, float(v), now, s) for v, s in zip(values, steps))
+
+    def flush(self) -> None:
+        buffer, self._buffer = self._buffer, []
+        for chunk in _chunks(buffer, _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Flush what is buffered and close the run as FINISHED, FAILED or KILLED (once)."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.flush()
+            if reason:
+                self.set_tags({"retort.failure": reason[:5000]})
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
