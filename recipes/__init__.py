@@ -87,7 +87,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node = node[_index(part, node, where)]
                 continue
             child = node.get(part)
-            if child is None:
+            if child is None and path[i + 1].isdigit():
+                child = []
+            elif child is None:
                 child = node[part] = {}
             elif isinstance(child, str) and i + 1 == len(path) - 1:
                 child = node[part] = {"name": child}  # `loss: mse` + `loss.agg=sum`

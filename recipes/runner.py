@@ -270,6 +270,7 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
         deterministic=t["deterministic"], check_val_every_n_epoch=t["check_val_every_n_epoch"],
         accumulate_grad_batches=recipe.optimizer["accumulate"], callbacks=callbacks, logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         default_root_dir=str(tmp), limit_val_batches=1.0 if has_val else 0,
     )
     start = time.perf_counter()
