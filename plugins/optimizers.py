@@ -1,0 +1,542 @@
+"""Optimizers: every Optimisers.jl rule under its Flux name, and every torch.optim class.
+
+The Flux rules are ports of FluxML/Optimisers.jl ``src/rules.jl``: Flux's defaults and Flux's update,
+as ``torch.optim.Optimizer`` subclasses, so torch schedulers, checkpoints and Lightning work with
+them. Each config field has a canonical (torch-style) name and the Flux keyword as an alias::
+
+    >>> import plugins
+    >>> plugins.resolve("optimizer", {"name": "adam", "eta": 0.01})
+    {'name': 'adam', 'lr': 0.01, 'betas': [0.9, 0.999], 'eps': 1e-08, 'weight_decay': 0.0}
+
+Conventions shared by every Flux rule here:
+
+- every hyperparameter, ``lr`` included, is read from ``param_groups[i]`` at every step, so torch
+  lr schedulers and Lightning's LR monitor see and drive the rate the update really uses;
+- ``weight_decay`` (Flux ``lambda``) is ``OptimiserChain(WeightDecay(λ), rule)``: the rule sees
+  ``g + λθ`` (AdamW keeps its own λ, as in Optimisers.jl);
+- parameters whose ``.grad`` is None are skipped (Flux's ``nothing`` gradient).
+
+``torch.optim.<ClassName>`` names every torch optimizer with torch's own defaults, and
+:func:`clip_per_tensor_norm_` is Flux's ``ClipNorm`` (each tensor clipped to its own norm).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+
+from plugins import PluginError, add
+
+Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
+
+# Canonical field -> the Flux keyword accepted as its alias (and named in error messages).
+_FLUX_KEYWORDS: dict[str, str] = {
+    "lr": "eta", "betas": "beta", "eps": "epsilon", "weight_decay": "lambda",
+    "etas": "ell", "step_sizes": "gamma", "centred": "centered",
+}
+
+
+def _pair(test: Callable[[float, float], bool]) -> Callable[[Any], bool]:
+    return lambda v: len(v) == 2 and test(*v)
+
+
+# Field -> (test, what the test demands); values that fail (NaN included) raise PluginError.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "sign_decay": (lambda v: v >= 0, ">= 0"),
+    "rho": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "betas": (_pair(lambda b1, b2: 0 <= b1 < 1 and 0 <= b2 < 1), "a pair, each in [0, 1)"),
+    "etas": (_pair(lambda dec, inc: 0 < dec <= 1 <= inc), "a pair (decrease, increase), 0 < dec <= 1 <= inc"),
+    "step_sizes": (_pair(lambda lo, hi: 0 <= lo <= hi), "a pair (min, max), 0 <= min <= max"),
+}
+
+
+def _eps(eps: float, p: torch.Tensor) -> float:
+    """Optimisers.jl ``_eps``: in Float16 a small ϵ would round to zero, so it is floored at 1e-7."""
+    return max(eps, 1e-7) if p.dtype == torch.float16 and eps != 0 else eps
+
+
+class FluxRule(torch.optim.Optimizer):
+    """Base of the Optimisers.jl ports: per tensor, ``g = ∇ + λθ`` then ``θ -= rule(g)``.
+
+    A subclass sets up its per-tensor state in :meth:`_init_state` and returns Flux's ``dx′`` (the
+    amount subtracted from the parameter) from :meth:`_update`, reading hyperparameters from ``group``.
+    """
+
+    # Per-rule overrides of _FLUX_KEYWORDS ("" removes an alias).
+    flux_keywords: ClassVar[dict[str, str]] = {}
+    # False where the rule applies weight_decay itself (AdamW) instead of Flux's WeightDecay in front.
+    decay_in_front: ClassVar[bool] = True
+
+    def __init__(self, params: Params, **defaults: Any) -> None:
+        for key in ("betas", "etas", "step_sizes"):
+            if isinstance(defaults.get(key), list):  # recipes carry YAML lists
+                defaults[key] = tuple(defaults[key])
+        keywords = self.keywords()
+        for field, value in defaults.items():
+            if field not in _RANGES:
+                continue
+            test, want = _RANGES[field]
+            try:
+                ok = bool(test(value))
+            except TypeError:
+                ok = False
+            if not ok:
+                alias = keywords.get(field)
+                named = f"{field!r} (Flux {alias!r})" if alias else repr(field)
+                raise PluginError(
+                    f"optimizer {type(self).__name__.lower()!r}: field {named} must be {want}, got {value!r}",
+                    field=field,
+                )
+        super().__init__(params, defaults)
+
+    @classmethod
+    def keywords(cls) -> dict[str, str]:
+        """Canonical field -> Flux keyword, for the fields this rule has."""
+        fields = inspect.signature(cls.__init__).parameters
+        merged = {**_FLUX_KEYWORDS, **cls.flux_keywords}
+        return {f: k for f, k in merged.items() if k and f in fields}
+
+    def _init_state(self, state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+        """Flux's ``init(rule, x)``; stateless rules keep the default."""
+
+    def _update(self, state: dict[str, Any], p: torch.Tensor, g: torch.Tensor,
+                group: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                g = p.grad
+                if self.decay_in_front and group["weight_decay"] != 0:
+                    g = g.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    self._init_state(state, p, group)
+                p.sub_(self._update(state, p, g, group))
+        return loss
+
+
+def _bias_powers(state: dict[str, Any], group: dict[str, Any]) -> tuple[float, float]:
+    """Flux's ``βt`` state: β at the first step, multiplied by β after each step (β^t while β is fixed)."""
+    b1t, b2t = state["beta_t"]
+    b1, b2 = group["betas"]
+    state["beta_t"] = (b1t * b1, b2t * b2)
+    return b1t, b2t
+
+
+class Descent(FluxRule):
+    """Flux Descent: θ -= η·g; η=0.1."""
+
+    def __init__(self, params: Params, *, lr: float = 0.1, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+    def _update(self, state, p, g, group):
+        return g * group["lr"]
+
+
+class Momentum(FluxRule):
+    """Flux Momentum: v = ρv + η·g, θ -= v; η=0.01, ρ=0.9 (= torch SGD(momentum=ρ) at constant η)."""
+
+    def __init__(self, params: Params, *, lr: float = 0.01, rho: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, rho=rho, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["velocity"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        return state["velocity"].mul_(group["rho"]).add_(g, alpha=group["lr"])
+
+
+class Nesterov(FluxRule):
+    """Flux Nesterov: θ -= (1+ρ)η·g − ρ²v, then v = ρv − η·g; η=0.001, ρ=0.9."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, rho: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, rho=rho, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["velocity"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        lr, rho, vel = group["lr"], group["rho"], state["velocity"]
+        delta = torch.add(vel * -(rho**2), g, alpha=(1 + rho) * lr)
+        vel.mul_(rho).sub_(g, alpha=lr)
+        return delta
+
+
+class Rprop(FluxRule):
+    """Flux Rprop: θ -= s·sign(g), s ×ℓ₂ on same sign, ×ℓ₁ on a flip, within Γ; s starts at η=0.001.
+
+    As in Flux (and torch), ``lr`` only sets each element's first step size; later changes of the
+    group's ``lr`` do not reach elements that already have a step size.
+    """
+
+    def __init__(self, params: Params, *, lr: float = 0.001, etas: tuple[float, float] = (0.5, 1.2),
+                 step_sizes: tuple[float, float] = (1e-6, 50.0), weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, etas=etas, step_sizes=step_sizes, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["prev"] = torch.zeros_like(p)
+        state["step_size"] = torch.full_like(p, group["lr"])
+
+    def _update(self, state, p, g, group):
+        (dec, inc), (lo, hi) = group["etas"], group["step_sizes"]
+        prod = state["prev"] * g
+        size = state["step_size"]
+        size = torch.where(prod > 0, (size * inc).clamp(max=hi),
+                           torch.where(prod < 0, (size * dec).clamp(min=lo), size))
+        state["step_size"] = size
+        # After a sign change the stored gradient is zeroed, so that element does not move this step.
+        state["prev"] = torch.where(prod < 0, torch.zeros_like(g), g)
+        return size * state["prev"].sign()
+
+
+class RMSProp(FluxRule):
+    """Flux RMSProp: s = ρs + (1−ρ)g², θ -= η·g/(√(s − m²) + ϵ), m=0 unless centred; η=0.001, ρ=0.9."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-8,
+                 centred: bool = False, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, rho=rho, eps=eps, centred=centred, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["square_avg"] = torch.zeros_like(p)
+        if group["centred"]:
+            state["grad_avg"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        rho, quad = group["rho"], state["square_avg"]
+        quad.mul_(rho).addcmul_(g, g, value=1 - rho)
+        if group["centred"]:
+            lin = state["grad_avg"].mul_(rho).add_(g, alpha=1 - rho)
+            denom = (quad - lin * lin).sqrt_()
+        else:
+            denom = quad.sqrt()
+        return g * group["lr"] / denom.add_(_eps(group["eps"], p))
+
+
+def _adam_init(state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+    state["exp_avg"] = torch.zeros_like(p)
+    state["exp_avg_sq"] = torch.zeros_like(p)
+    state["beta_t"] = tuple(group["betas"])
+
+
+def _adam_moments(state: dict[str, Any], g: torch.Tensor, group: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    b1, b2 = group["betas"]
+    mt = state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+    vt = state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+    return mt, vt
+
+
+class Adam(FluxRule):
+    """Flux Adam: θ -= η·m̂/(√v̂ + ϵ) with bias-corrected moments; η=0.001, β=(0.9, 0.999), ϵ=1e-8."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    _init_state = staticmethod(_adam_init)
+
+    def _update(self, state, p, g, group):
+        b1t, b2t = _bias_powers(state, group)
+        mt, vt = _adam_moments(state, g, group)
+        denom = (vt / (1 - b2t)).sqrt_().add_(_eps(group["eps"], p))
+        return mt / (1 - b1t) / denom * group["lr"]
+
+
+class RAdam(FluxRule):
+    """Flux RAdam: rectified Adam once ρₜ > 4 (torch: 5), momentum SGD before; η=0.001, β=(0.9, 0.999)."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        _adam_init(state, p, group)
+        state["step"] = 1
+
+    def _update(self, state, p, g, group):
+        b2 = group["betas"][1]
+        rho_inf = 2 / (1 - b2) - 1
+        t = state["step"]
+        state["step"] = t + 1
+        b1t, b2t = _bias_powers(state, group)
+        mt, vt = _adam_moments(state, g, group)
+        rho = rho_inf - 2 * t * b2t / (1 - b2t)
+        if rho > 4:
+            r = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
+            denom = (vt / (1 - b2t)).sqrt_().add_(_eps(group["eps"], p))
+            return mt / (1 - b1t) / denom * (group["lr"] * r)
+        return mt / (1 - b1t) * group["lr"]
+
+
+class AdaMax(FluxRule):
+    """Flux AdaMax: u = max(β₂u, |g|), θ -= η/(1−β₁ᵗ)·m/(u + ϵ); η=0.001 (torch 0.002), β=(0.9, 0.999)."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_inf"] = torch.zeros_like(p)
+        state["beta_t"] = tuple(group["betas"])
+
+    def _update(self, state, p, g, group):
+        b1, b2 = group["betas"]
+        b1t, _ = _bias_powers(state, group)
+        mt = state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+        ut = state["exp_inf"]
+        torch.maximum(ut * b2, g.abs(), out=ut)
+        return mt / (ut + _eps(group["eps"], p)) * (group["lr"] / (1 - b1t))
+
+
+class OAdam(FluxRule):
+    """Flux OAdam (optimistic Adam): a = Adam step, θ -= 2a − a_prev; η=0.001, β=(0.5, 0.9), ϵ=1e-8."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.5, 0.9),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        _adam_init(state, p, group)
+        state["term"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        b1t, b2t = _bias_powers(state, group)
+        mt, vt = _adam_moments(state, g, group)
+        prev = state["term"]
+        denom = (vt / (1 - b2t)).sqrt_().add_(_eps(group["eps"], p))
+        term = mt * group["lr"] / (1 - b1t) / denom
+        state["term"] = term
+        return 2 * term - prev
+
+
+class AdaGrad(FluxRule):
+    """Flux AdaGrad: s += g² (s starts at ϵ), θ -= η·g/(√s + ϵ); η=0.1 (torch 0.01), ϵ=1e-8."""
+
+    def __init__(self, params: Params, *, lr: float = 0.1, eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["sum"] = torch.full_like(p, group["eps"])
+
+    def _update(self, state, p, g, group):
+        acc = state["sum"].addcmul_(g, g)
+        return g * group["lr"] / (acc.sqrt() + _eps(group["eps"], p))
+
+
+class AdaDelta(FluxRule):
+    """Flux AdaDelta: θ -= η·g·√(Δ + ϵ)/√(s + ϵ), s and Δ running means of g² and step²; ρ=0.9, ϵ=1e-8, η=1.
+
+    Flux's AdaDelta has no learning rate; ``lr`` (default 1, which is Flux's rule) scales the step
+    after it has entered Δ, as torch's Adadelta does, so that schedulers have something to drive.
+    """
+
+    def __init__(self, params: Params, *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["square_avg"] = torch.zeros_like(p)
+        state["acc_delta"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        rho, eps = group["rho"], _eps(group["eps"], p)
+        acc = state["square_avg"].mul_(rho).addcmul_(g, g, value=1 - rho)
+        step = g * (state["acc_delta"] + eps).sqrt_() / (acc + eps).sqrt_()
+        state["acc_delta"].mul_(rho).addcmul_(step, step, value=1 - rho)
+        return step.mul_(group["lr"])
+
+
+class AMSGrad(FluxRule):
+    """Flux AMSGrad: v̂ = max(v̂, v), θ -= η·m/(√v̂ + ϵ), no bias correction, states start at ϵ; η=0.001."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            state[key] = torch.full_like(p, group["eps"])
+
+    def _update(self, state, p, g, group):
+        mt, vt = _adam_moments(state, g, group)
+        vhat = state["max_exp_avg_sq"]
+        torch.maximum(vhat, vt, out=vhat)
+        return mt * group["lr"] / (vhat.sqrt() + _eps(group["eps"], p))
+
+
+class NAdam(FluxRule):
+    """Flux NAdam: Adam with a Nesterov look-ahead, no momentum-decay schedule (torch's has); η=0.001."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    _init_state = staticmethod(_adam_init)
+
+    def _update(self, state, p, g, group):
+        b1, b2 = group["betas"]
+        b1t, b2t = _bias_powers(state, group)
+        mt, vt = _adam_moments(state, g, group)
+        num = mt * (b1 / (1 - b1 * b1t)) + g * ((1 - b1) / (1 - b1t))
+        denom = (vt * b2 / (1 - b2t)).sqrt_().add_(_eps(group["eps"], p))
+        return num / denom * group["lr"]
+
+
+class AdamW(FluxRule):
+    """Flux AdamW: θ -= η·(a + λθ), a = Adam step at η=1 (couple=False: η·a + λθ); η=0.001, λ=0 (torch 0.01).
+
+    As in Optimisers.jl, λ belongs to the rule (it is not Flux's WeightDecay in front of Adam), and
+    ϵ is used as given, without the Float16 floor of the other rules.
+    """
+
+    decay_in_front = False
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, eps: float = 1e-8, couple: bool = True) -> None:
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, couple=couple)
+
+    _init_state = staticmethod(_adam_init)
+
+    def _update(self, state, p, g, group):
+        lr, lam = group["lr"], group["weight_decay"]
+        b1t, b2t = _bias_powers(state, group)
+        mt, vt = _adam_moments(state, g, group)
+        adam = mt / (1 - b1t) / (vt / (1 - b2t)).sqrt_().add_(group["eps"])
+        if group["couple"]:
+            return adam.add_(p, alpha=lam).mul_(lr)
+        return adam.mul_(lr).add_(p, alpha=lam)
+
+
+class AdaBelief(FluxRule):
+    """Flux AdaBelief: s = β₂s + (1−β₂)(g − m)² + ϵ, θ -= η·m̂/(√ŝ + ϵ); η=0.001, β=(0.9, 0.999), ϵ=1e-16."""
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-16, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    _init_state = staticmethod(_adam_init)
+
+    def _update(self, state, p, g, group):
+        b1, b2 = group["betas"]
+        eps = _eps(group["eps"], p)
+        b1t, b2t = _bias_powers(state, group)
+        mt = state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+        diff = g - mt
+        st = state["exp_avg_sq"].mul_(b2).addcmul_(diff, diff, value=1 - b2).add_(eps)
+        return mt * group["lr"] / (1 - b1t) / ((st / (1 - b2t)).sqrt_() + eps)
+
+
+class Lion(FluxRule):
+    """Flux Lion: m = β₂g + (1−β₂)m, θ -= η·sign((β₂−β₁)g + β₁m); η=0.001, β=(0.9, 0.999).
+
+    The momentum update is Optimisers.jl's as written, with β₂ weighting the new gradient (the Lion
+    paper weights the old momentum by β₂); it is ported exactly so that Flux recipes reproduce.
+    """
+
+    def __init__(self, params: Params, *, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+    def _init_state(self, state, p, group):
+        state["exp_avg"] = torch.zeros_like(p)
+
+    def _update(self, state, p, g, group):
+        b1, b2 = group["betas"]
+        m = state["exp_avg"].mul_(1 - b2).add_(g, alpha=b2)
+        return torch.add(g * (b2 - b1), m, alpha=b1).sign_().mul_(group["lr"])
+
+
+class SignDecay(FluxRule):
+    """Flux SignDecay (L1) then Descent: θ -= η·(g + λ·sign θ); λ=1e-3, η=1 (Flux's SignDecay alone)."""
+
+    flux_keywords: ClassVar[dict[str, str]] = {"sign_decay": "lambda", "weight_decay": ""}
+
+    def __init__(self, params: Params, *, lr: float = 1.0, sign_decay: float = 1e-3,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, sign_decay=sign_decay, weight_decay=weight_decay)
+
+    def _update(self, state, p, g, group):
+        return torch.add(g, p.sign(), alpha=group["sign_decay"]).mul_(group["lr"])
+
+
+FLUX_RULES: dict[str, type[FluxRule]] = {
+    "descent": Descent, "sgd": Descent, "momentum": Momentum, "nesterov": Nesterov, "rprop": Rprop,
+    "rmsprop": RMSProp, "adam": Adam, "radam": RAdam, "adamax": AdaMax, "oadam": OAdam,
+    "adagrad": AdaGrad, "adadelta": AdaDelta, "amsgrad": AMSGrad, "nadam": NAdam, "adamw": AdamW,
+    "adabelief": AdaBelief, "lion": Lion, "signdecay": SignDecay,
+}
+
+for _name, _cls in FLUX_RULES.items():
+    add("optimizer", _name, _cls, aliases={k: f for f, k in _cls.keywords().items()})
+
+
+# --- every torch.optim optimizer, with torch's defaults --------------------------------------------
+
+# Implementation switches, left out of the one-line doc so that it shows the hyperparameters.
+_TORCH_FLAGS = {"foreach", "maximize", "capturable", "differentiable", "fused"}
+
+
+def _torch_doc(name: str, cls: type) -> str:
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, params
+    shown = ", ".join(f"{p.name}={p.default!r}" for p in params
+                      if p.default is not p.empty and p.name not in _TORCH_FLAGS)
+    return f"torch's {name}, torch defaults: {shown}"
+
+
+def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class that ``torch.optim`` exposes, by class name."""
+    base = torch.optim.Optimizer
+    found = {name: getattr(torch.optim, name) for name in dir(torch.optim)}
+    return {name: cls for name, cls in sorted(found.items())
+            if inspect.isclass(cls) and issubclass(cls, base) and cls is not base}
+
+
+for _name, _cls in torch_optimizers().items():
+    add("optimizer", f"torch.optim.{_name}", _cls, doc=_torch_doc(_name, _cls), origin="torch.optim")
+
+
+# --- Flux ClipNorm --------------------------------------------------------------------------------
+
+def clip_per_tensor_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float,
+                          norm_type: float = 2.0, error_if_nonfinite: bool = True) -> list[torch.Tensor]:
+    """Flux ``ClipNorm(ω, p)``: scale each gradient tensor whose own p-norm exceeds ``max_norm`` down to it.
+
+    Unlike ``torch.nn.utils.clip_grad_norm_`` (one norm over all tensors), every tensor is clipped
+    independently: ``g *= min(ω / ‖g‖, 1)``. A non-finite norm raises, as Flux's ``throw=true``
+    does, unless ``error_if_nonfinite`` is False. Returns each gradient's norm before clipping.
+    """
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]
+    if not grads:
+        return norms
+    # One host sync for all tensors, and none of them touched before the check.
+    if error_if_nonfinite and not torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all():
+        bad = [i for i, n in enumerate(norms) if not torch.isfinite(n)]
+        raise RuntimeError(f"gradient {bad[0]} has a non-finite {norm_type}-norm ({norms[bad[0]].item()}); "
+                           "pass error_if_nonfinite=False to clip anyway")
+    for g, n in zip(grads, norms):
+        g.mul_((max_norm / n).clamp(max=1.0))
+    return norms
