@@ -1,0 +1,49 @@
+"""Every shipped recipe reaches the quality its description states (full runs: marked slow)."""
+
+from __future__ import annotations
+
+import pytest
+
+import recipes
+
+QUALITY = {  # recipe: (test metric, at least) -- the figures each description states
+    "digits-cnn": ("test/accuracy", 0.97),
+    "breast-cancer": ("test/accuracy", 0.96),
+    "diabetes-mse": ("test/r2", 0.35),
+    "wine-momentum": ("test/accuracy", 0.97),
+    "iris-rmsprop": ("test/accuracy", 0.96),
+    "digits-adagrad": ("test/accuracy", 0.95),
+    "digits-amsgrad": ("test/accuracy", 0.97),
+}
+
+
+def test_every_shipped_recipe_has_a_quality_check():
+    assert set(QUALITY) | {"digits-mlp"} == {name for name, _ in recipes.shipped()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(QUALITY))
+def test_shipped_recipe_quality(name: str, workdir):
+    metric, floor = QUALITY[name]
+    result = recipes.run(recipes.load(name), quiet=True)
+    assert result.metrics[metric] >= floor
+
+
+@pytest.mark.slow
+def test_digits_mlp_is_as_accurate_as_sklearn_mlpclassifier(workdir):
+    """Same split, same scaling, same hidden sizes: sklearn's best of three seeds is the bar."""
+    from sklearn.neural_network import MLPClassifier
+
+    import plugins
+    from plugins.data import prepare
+
+    r = recipes.load("digits-mlp")
+    splits = prepare(plugins.build("data", {"name": "digits"}), val_fraction=r.data["val_fraction"],
+                     test_fraction=r.data["test_fraction"], seed=r.seed, scale=r.data["scale"])
+    (xtr, ytr), (xte, yte) = splits.train, splits.test
+    sklearn_best = max(
+        MLPClassifier(hidden_layer_sizes=tuple(r.model["hidden"]), random_state=k, max_iter=500)
+        .fit(xtr.numpy(), ytr.numpy()).score(xte.numpy(), yte.numpy())
+        for k in range(3))
+    ours = recipes.run(r, quiet=True).metrics["test/accuracy"]
+    assert ours >= sklearn_best - 1e-9, (ours, sklearn_best)
