@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# MLflow prints INFO lines (database migrations) from its import on; retort's output is its own.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
