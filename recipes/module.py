@@ -1,23 +1,24 @@
 """The training loop: a LightningModule around a recipe's model, loss, optimizer, schedule and metrics.
 
-It is the seed's loop, with Lightning doing the bookkeeping::
+It is the seed's loop, written out in :meth:`RecipeModule.training_step` (Lightning's manual
+optimization), with Lightning doing devices, precision, distribution and checkpoints::
 
     for epoch in 1:max_epochs                      # trainer.max_epochs
         for (x, y) in train_loader                 # RecipeData.train_dataloader (data plugin)
             ŷ = model(x)                           # training_step: forward (model plugin + head)
-            loss = loss_fn(ŷ, y)                   #                loss (loss plugin)
-            grads = gradient(loss)                 # Lightning: backward (accumulated `accumulate` times)
-            clip!(grads)                           # configure_gradient_clipping (optimizer.clip_*)
-            update!(opt, params, grads)            # Lightning: optimizer.step (optimizer plugin)
-            schedule!(opt)                         # scheduler, interval "step"
-            epoch_loss += loss                     # step_losses, recorded off the hot path
+            loss = loss_fn(ŷ, y)                   #   loss (loss plugin)
+            grads = gradient(loss)                 #   backward, accumulated over `accumulate` batches
+            clip!(grads)                           #   on_before_optimizer_step (optimizer.clip_*)
+            update!(opt, params, grads)            #   optimizer.step (optimizer plugin)
+            schedule!(opt)                         #   scheduler with interval "step"
+            epoch_loss += loss                     #   step_losses, made numbers once per epoch
         average_epoch_loss = epoch_loss / n        # epoch_summary: train/loss_epoch
         validate: val/loss, val/<metric>           # validation_step / on_validation_epoch_end
-        callbacks: stop? checkpoint? schedule!     # callback plugins, interval "epoch"
+        schedule!(opt); callbacks: stop? save?     # on_train_epoch_end; callback plugins
     test: test/loss, test/<metric>
 
-Per step the loop only keeps the detached loss tensor (no host sync, no logger call); losses become
-numbers once per epoch, when the recorder and the epoch line read :meth:`RecipeModule.epoch_summary`.
+Per step the loop keeps only the detached loss tensor (no host sync, no logger call): the recorder and
+the epoch line read :meth:`RecipeModule.epoch_summary` once per epoch.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class RecipeModule(pl.LightningModule):
         self._eval_count = 0
         self._val: dict[str, float] = {}
         self._summary: tuple[int, dict[str, float]] | None = None
+        self.automatic_optimization = False  # training_step is the seed's loop, written out
+        self.accumulate = recipe.optimizer["accumulate"]
         self.batches_seen = 0  # batches trained since the start of the run (the step of train/loss)
         self.history: dict[str, list[tuple[int, Any]]] = {}  # other values callbacks record, per step
 
@@ -129,9 +132,16 @@ class RecipeModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         yhat = self(x)  # forward
-        loss = self.loss_fn(yhat, y)  # loss; Lightning then does backward, clipping, update
+        loss = self.loss_fn(yhat, y)  # loss
+        self.manual_backward(loss / self.accumulate if self.accumulate > 1 else loss)  # gradients
+        optimizer = self.optimizers()
+        self.step_lrs.append(float(optimizer.param_groups[0]["lr"]))
+        if (batch_idx + 1) % self.accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+            optimizer.step()  # update (clipping happens in on_before_optimizer_step)
+            optimizer.zero_grad(set_to_none=True)
+            if self.scheduler is not None and self.recipe.scheduler["interval"] == "step":
+                self.scheduler.step()
         self.step_losses.append(loss.detach())
-        self.step_lrs.append(self._lr())
         self.batches_seen += 1
         return loss
 
@@ -162,6 +172,14 @@ class RecipeModule(pl.LightningModule):
             raise NonFiniteLoss(f"training loss is {float(bad[first])} at epoch {self.current_epoch + 1}, "
                                 f"batch {first + 1}")
         self.log("train/loss_epoch", average, logger=False)
+        if self.scheduler is not None and self.recipe.scheduler["interval"] == "epoch":
+            monitor = self.recipe.scheduler.get("monitor")
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                value = self.trainer.callback_metrics.get(monitor)
+                if value is not None:
+                    self.scheduler.step(float(value))
+            else:
+                self.scheduler.step()
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -218,10 +236,6 @@ class RecipeModule(pl.LightningModule):
 
     # --- optimizer, schedule, clipping -------------------------------------------------------
 
-    def _lr(self) -> float:
-        opt = self.trainer.optimizers[0] if self._trainer is not None else None
-        return float(opt.param_groups[0]["lr"]) if opt is not None else float("nan")
-
     def configure_optimizers(self) -> Any:
         r = self.recipe
         optimizer = build_plugin("optimizer", plugin_spec("optimizer", r.optimizer), "optimizer", self.parameters())
@@ -246,8 +260,13 @@ class RecipeModule(pl.LightningModule):
             config["monitor"] = spec["monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
-                                    gradient_clip_algorithm: Any = None) -> None:
+    @property
+    def scheduler(self) -> Any:
+        """The lr scheduler, stepped by the loop itself (manual optimization)."""
+        return self.lr_schedulers() if self._trainer is not None else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after unscaling mixed-precision gradients, so clipping sees true values
         o = self.recipe.optimizer
         if o["clip_value"] is not None:
             nn.utils.clip_grad_value_(self.parameters(), o["clip_value"])

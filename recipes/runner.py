@@ -111,7 +111,7 @@ def _callbacks() -> tuple[type, type]:
                 self.record.log_series(key, [float(v) for _, v in items], [s for s, _ in items])
             m.history.clear()
             self.record.log(summary, step=trainer.current_epoch + 1)
-            self.record.flush()
+            self.record.maybe_flush()
 
     class EpochLine(pl.Callback):
         """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412``, plus a live batch
@@ -147,11 +147,34 @@ def _callbacks() -> tuple[type, type]:
                 words.append(f"{label} {value:.4f}")
             print("  ".join(words), flush=True)
 
-    _CALLBACK_CLASSES = (Recorder, EpochLine)
+    class BestWeights(pl.Callback):
+        """Keeps the best epoch's weights (lowest ``monitor``) in memory, one tensor copy per improvement;
+        :meth:`save` writes them once at the end, instead of a checkpoint file per improvement."""
+
+        def __init__(self, monitor: str):
+            self.monitor = monitor
+            self.best = math.inf
+            self.epoch = -1
+            self.state: dict[str, Any] | None = None
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+            value = m.epoch_summary().get(self.monitor, math.nan)
+            if value < self.best:  # NaN never improves
+                self.best, self.epoch = value, trainer.current_epoch + 1
+                self.state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+        def save(self, path: Path) -> Path | None:
+            if self.state is None:
+                return None
+            torch.save({"state_dict": self.state, "epoch": self.epoch, "monitor": self.monitor,
+                        "value": self.best}, path)
+            return path
+
+    _CALLBACK_CLASSES = (Recorder, EpochLine, BestWeights)
     return _CALLBACK_CLASSES
 
 
-_CALLBACK_CLASSES: tuple[type, type] | None = None
+_CALLBACK_CLASSES: tuple[type, ...] | None = None
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -250,7 +273,7 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
 
     recipe, module, datamodule = built.recipe, built.module, built.datamodule
     t = recipe.trainer
-    Recorder, EpochLine = _callbacks()
+    Recorder, EpochLine, BestWeights = _callbacks()
     callbacks: list[pl.Callback] = [Recorder(record, recipe.tracking["log_every_n_steps"])]
     if not quiet:
         callbacks.append(EpochLine(t["max_epochs"]))
@@ -260,15 +283,14 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
             cb.dirpath = str(tmp / "checkpoints")
     callbacks += user
     has_val = built.splits.info.n_val > 0
-    if recipe.tracking["checkpoint"] and not any(isinstance(cb, ModelCheckpoint) for cb in user):
-        callbacks.append(ModelCheckpoint(dirpath=str(tmp / "checkpoints"), filename="best",
-                                         monitor="val/loss" if has_val else "train/loss_epoch",
-                                         mode="min", save_top_k=1, save_weights_only=False))
+    best = BestWeights("val/loss" if has_val else "train/loss_epoch") if recipe.tracking["checkpoint"] else None
+    if best is not None:
+        callbacks.append(best)
     trainer = pl.Trainer(
         max_epochs=t["max_epochs"], max_steps=t["max_steps"], accelerator=t["accelerator"],
         devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"], precision=t["precision"],
         deterministic=t["deterministic"], check_val_every_n_epoch=t["check_val_every_n_epoch"],
-        accumulate_grad_batches=recipe.optimizer["accumulate"], callbacks=callbacks, logger=False,
+        callbacks=callbacks, logger=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         default_root_dir=str(tmp), limit_val_batches=1.0 if has_val else 0,
@@ -277,15 +299,19 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - start
     metrics = module.epoch_summary()
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    user_best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_path = user_best or (best.save(tmp / "best.ckpt") if best is not None else None)
+    if best is not None and best.state is not None and not user_best:
+        module.load_state_dict(best.state)  # test the best epoch's weights
     if built.splits.info.n_test > 0:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=user_best or None, verbose=False)
         test_values = getattr(module, "test_values", {})
         metrics.update(test_values)
         if record is not None:
             record.log(test_values, step=trainer.current_epoch)
     return RunResult(run_id=None, metrics={k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")},
-                     best_checkpoint=best or None, epochs=trainer.current_epoch, fit_seconds=fit_seconds)
+                     best_checkpoint=str(best_path) if best_path else None, epochs=trainer.current_epoch,
+                     fit_seconds=fit_seconds)
 
 
 def _nan(v: float) -> bool:
