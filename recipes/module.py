@@ -145,6 +145,12 @@ class RecipeModule(pl.LightningModule):
         self.batches_seen += 1
         return loss
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # in-memory splits are often on the device already; skip Lightning's generic per-step walk
+        if isinstance(batch, tuple) and all(isinstance(t, Tensor) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_train_epoch_start(self) -> None:
         self.step_losses, self.step_lrs = [], []
         datamodule = self.trainer.datamodule
