@@ -32,9 +32,8 @@ def shipped() -> list[tuple[str, str]]:
 
     out = []
     for path in sorted(SHIPPED.glob("*.yaml")):
-        data = load_file(path) or {}
-        out.append((path.stem, str(data.get("description", "")).strip().splitlines()[0:1][0]
-                    if data.get("description") else ""))
+        description = str((load_file(path) or {}).get("description") or "").strip()
+        out.append((path.stem, description.splitlines()[0] if description else ""))
     return out
 
 
