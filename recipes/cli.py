@@ -84,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if exc.run_id:
             print(f"run_id: {exc.run_id} (FAILED)", file=sys.stderr)
         return 1
+    if result.rank:
+        return 0
     for key, value in result.metrics.items():
         print(f"{key}: {value:.6g}")
     print(f"run_id: {result.run_id}")

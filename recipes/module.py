@@ -115,6 +115,7 @@ class RecipeModule(pl.LightningModule):
         self._eval_count = 0
         self._val: dict[str, float] = {}
         self._summary: tuple[int, dict[str, float]] | None = None
+        self._train_average: tuple[int, float] | None = None
         self.automatic_optimization = False  # training_step is the seed's loop, written out
         self.accumulate = recipe.optimizer["accumulate"]
         self.batches_seen = 0  # batches trained since the start of the run (the step of train/loss)
@@ -157,13 +158,24 @@ class RecipeModule(pl.LightningModule):
         if datamodule is not None:
             datamodule.set_epoch(self.current_epoch)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 == self.trainer.num_training_batches and self.trainer.world_size > 1:
+            # every rank passes here once per epoch: the place to average the epoch's loss over all ranks
+            stats = torch.stack([torch.stack(self.step_losses).sum(),
+                                 torch.tensor(float(len(self.step_losses)), device=self.device)])
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+            self._train_average = (self.current_epoch, float(stats[0] / stats[1]))
+
     def epoch_summary(self) -> dict[str, float]:
-        """This epoch's average training loss (the seed's epoch line) and its validation values."""
+        """This epoch's average training loss (the seed's epoch line; over all ranks) and validation values."""
         epoch = self.current_epoch
         if self._summary is None or self._summary[0] != epoch:
             n = len(self.step_losses)
-            total = torch.stack(self.step_losses).sum().item() if n else float("nan")
-            values = {"train/loss_epoch": total / n if n else float("nan")}
+            if self._train_average is not None and self._train_average[0] == epoch:
+                average = self._train_average[1]
+            else:
+                average = torch.stack(self.step_losses).sum().item() / n if n else float("nan")
+            values = {"train/loss_epoch": average}
             values.update(self._val if self._val.get("epoch") == epoch else {})
             values.pop("epoch", None)
             self._summary = (epoch, values)

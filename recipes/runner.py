@@ -31,6 +31,7 @@ class RunResult:
     best_checkpoint: str | None = None
     epochs: int = 0
     fit_seconds: float = 0.0
+    rank: int = 0  # the process's global rank under DDP; only rank zero records and reports
 
 
 @dataclass
@@ -310,7 +311,7 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
             record.log(test_values, step=trainer.current_epoch)
     return RunResult(run_id=None, metrics={k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")},
                      best_checkpoint=str(best_path) if best_path else None, epochs=trainer.current_epoch,
-                     fit_seconds=fit_seconds)
+                     fit_seconds=fit_seconds, rank=trainer.global_rank)
 
 
 def _nan(v: float) -> bool:

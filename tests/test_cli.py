@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -208,3 +209,19 @@ def test_csv_data_end_to_end(tmp_path: Path, capsys, workdir: Path):
     out = capsys.readouterr().out
     accuracy = float(next(x for x in out.splitlines() if x.startswith("test/accuracy")).split()[1])
     assert accuracy >= 0.9
+
+
+@pytest.mark.slow
+def test_ddp_over_two_cpu_processes_makes_one_run(tmp_path: Path):
+    out = retort("run", "digits-mlp", "-s", "trainer.max_epochs=2", "-s", "trainer.devices=2",
+                 "-s", "trainer.strategy=ddp", "-s", "trainer.accelerator=cpu", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("run_id: ") == 1
+    runs = all_runs(store(tmp_path))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert out.stdout.strip().endswith(f"run_id: {run_id}")
+    client = store(tmp_path)
+    per_rank = math.ceil(1077 / 2 / 64)  # each rank trains on half the rows, batches of 64
+    assert len(client.get_metric_history(run_id, "train/loss")) == 2 * per_rank
+    assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2]
