@@ -1,5 +1,9 @@
 """The ``retort`` command line. One function per subcommand; heavy libraries load only inside them.
 
+run, show, recipes and plugins live here; the tracking commands live in their own modules
+(``COMMAND_MODULES``), each with ``HELP``, ``EXAMPLES``, ``add_arguments(parser)`` and ``main(args) -> int``,
+and importing those modules must stay cheap (``retort --help`` builds every parser).
+
 Exit codes: 0 success; 2 bad input (nothing recorded); 1 a failure during work (the run is FAILED);
 130/143 interrupted by SIGINT/SIGTERM (the run is KILLED).
 """
@@ -29,6 +33,29 @@ EXAMPLES = {
 }
 
 
+COMMAND_MODULES = {  # command -> module with HELP, EXAMPLES, add_arguments(parser), main(args)
+    "sweep": "tracking.sweep",
+    "lr-find": "tracking.tune_lr",
+    "batch-size": "tracking.tune_batch",
+    "rerun": "tracking.rerun",
+    "compare": "tracking.compare",
+    "ui": "tracking.ui",
+}
+
+
+def _command_modules() -> dict[str, object]:
+    import importlib
+
+    out = {}
+    for name, module in COMMAND_MODULES.items():
+        try:
+            out[name] = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", metavar="URI",
@@ -55,10 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", metavar="RECIPE", help="a recipe file or a shipped recipe's name")
         p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                        help="override a field by dotted path (repeatable), e.g. -s optimizer.lr=0.01")
+        if name == "run":
+            p.add_argument("--resume", metavar="RUN_ID",
+                           help="continue an interrupted run from its last checkpoint, into the same MLflow run")
     add("recipes", "list the shipped recipes")
     p = add("plugins", "list registered plugins with their one-line doc and origin")
     p.add_argument("kind", nargs="?", metavar="KIND",
                    help="loss, optimizer, scheduler, callback, model, data or metric (default: all)")
+    for name, module in _command_modules().items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common],
+                           epilog=module.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.main)
     return parser
 
 
@@ -136,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

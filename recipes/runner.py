@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def _callbacks() -> tuple[type, type]:
             if self.record is None:
                 return
             n = len(m.step_losses)
-            if n:
+            if n and self.every:
                 first = m.batches_seen - n + 1
                 keep = [i for i in range(n) if (first + i) % self.every == 0]
                 losses = torch.stack(m.step_losses).tolist()
@@ -214,9 +214,14 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
-        command: str | None = None) -> RunResult:
+def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
+        callbacks: Sequence[Any] = (), tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None) -> RunResult:
     """Train, test and record ``recipe`` as one MLflow run.
+
+    ``callbacks`` are extra Lightning callbacks (a sweep's pruning callback reads
+    ``pl_module.epoch_summary()`` in ``on_train_epoch_end``); ``tags`` are added to the run's tags;
+    ``parent_run_id`` makes the run a child of that run (tag ``mlflow.parentRunId``).
 
     Raises :class:`RecipeError` for bad input (nothing recorded), :class:`RunFailed` when training fails
     (run FAILED), :class:`Interrupted` on SIGINT/SIGTERM (run KILLED).
@@ -236,7 +241,9 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
     record = None
     if _rank() == 0:
-        tags = {**run_tags(recipe, command), **recipe.tracking["tags"]}
+        tags = {**run_tags(recipe, command), **recipe.tracking["tags"], **(tags or {})}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
         experiment = recipe.tracking["experiment"] or recipe.name
         record = RunRecord.start(uri, experiment, run_name=recipe.tracking["run_name"], params=recipe.flat(),
                                  tags=tags)
@@ -246,7 +253,7 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
         os.environ["RETORT_RUN_ID"] = run_id  # DDP ranks started later inherit it
     try:
         with _signals_raise(), tempfile.TemporaryDirectory(prefix="retort-") as tmp:
-            result = _fit(built, record, Path(tmp), quiet)
+            result = _fit(built, record, Path(tmp), quiet, list(callbacks))
             if record is not None:
                 if result.best_checkpoint:
                     record.log_artifact(result.best_checkpoint, "checkpoints")
@@ -267,7 +274,7 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     return result
 
 
-def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
+def _fit(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any]) -> RunResult:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -281,7 +288,7 @@ def _fit(built: Built, record: Any, tmp: Path, quiet: bool) -> RunResult:
     for cb in user:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
             cb.dirpath = str(tmp / "checkpoints")
-    callbacks += user
+    callbacks += user + extra
     has_val = built.splits.info.n_val > 0
     best = BestWeights("val/loss" if has_val else "train/loss_epoch") if recipe.tracking["checkpoint"] else None
     if best is not None:

@@ -59,3 +59,26 @@ def retort(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: fl
     full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def _postgres_server() -> str:
+    """The machine's PostgreSQL, started for real by scripts/postgres (once per session)."""
+    if shutil.which("pg_ctlcluster") is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed on this CI machine")
+        pytest.skip("PostgreSQL is not installed here")
+    out = subprocess.run([str(REPO / "scripts" / "postgres")], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def postgres_url(_postgres_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty PostgreSQL database for this test: ``postgresql://USER@/DB?host=SOCKET``."""
+    import re
+    import uuid
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    out = subprocess.run([str(REPO / "scripts" / "postgres"), name], capture_output=True, text=True, check=True)
+    yield out.stdout.strip()
+    subprocess.run(["dropdb", "--if-exists", "--force", "-h", "/var/run/postgresql", name], capture_output=True)

@@ -152,7 +152,7 @@ def test_missing_recipe_lists_shipped_ones():
     ("callbacks: early_stopping\n", "callbacks", ["list"]),
     ("metrics: [acuracy]\n", "metrics.0.name", ["did you mean 'accuracy'"]),
     ("metrics: [accuracy, accuracy]\n", "metrics", ["listed twice"]),
-    ("tracking: {log_every_n_steps: 0}\n", "tracking.log_every_n_steps", ["greater than or equal to 1"]),
+    ("tracking: {log_every_n_steps: -1}\n", "tracking.log_every_n_steps", ["greater than or equal to 0"]),
     ("- 1\n- 2\n", None, ["mapping"]),
     ("sweep: {space: {optimizer.lr: {low: 0.1, high: 0.01}}}\n", "sweep.space.optimizer.lr", ["below high"]),
     ("sweep: {space: {optimizer.lr: {low: 0.0, high: 0.1, log: true}}}\n", "sweep.space.optimizer.lr",

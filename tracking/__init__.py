@@ -1,8 +1,11 @@
-"""Tracking: the MLflow record of a run (:mod:`tracking.record`).
+"""Tracking: the MLflow record of a run and everything built on it.
 
-Sweeps with Optuna, comparison and re-running a record build on this record.
+:mod:`tracking.record` writes one run; :mod:`tracking.store` picks and prepares the store. The
+commands (sweep, lr-find, batch-size, rerun, compare, ui) live in their own modules, which import
+heavy libraries only inside their functions.
 """
 
-from .record import DEFAULT_URI, RunRecord, resolve_uri
+from .record import RunRecord
+from .store import DEFAULT_URI, prepare_store, resolve_uri
 
-__all__ = ["DEFAULT_URI", "RunRecord", "resolve_uri"]
+__all__ = ["DEFAULT_URI", "RunRecord", "prepare_store", "resolve_uri"]

@@ -9,22 +9,14 @@ a signal. Logging every step so costs almost nothing on the training path.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-# MLflow prints INFO lines (database migrations) from its import on; retort's output is its own.
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+from .store import prepare_store
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
-
-
-def resolve_uri(cli: str | None = None, recipe: str | None = None) -> str:
-    """The tracking URI: ``--tracking-uri``, else the recipe's, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
-    return cli or recipe or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def param_value(value: Any) -> str:
@@ -61,6 +53,7 @@ class RunRecord:
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
+        prepare_store(uri)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

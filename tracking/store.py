@@ -1,0 +1,42 @@
+"""The MLflow store: which one, and creating it once before parallel writers start."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+# MLflow prints INFO lines (database migrations) from its import on; retort's output is its own.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def resolve_uri(cli: str | None = None, recipe: str | None = None) -> str:
+    """``--tracking-uri``, else the recipe's ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
+    return cli or recipe or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working folder), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def prepare_store(uri: str) -> None:
+    """Create and migrate an SQLite store once, under a file lock.
+
+    Several processes opening a new SQLite database at once race in MLflow's schema migrations
+    ("duplicate column name"); sweeps and DDP launches call this in one process before workers start,
+    and every run calls it so that concurrent first runs queue instead of racing.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
