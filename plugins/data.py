@@ -569,9 +569,12 @@ class TensorLoader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration serves ``epoch``'s order from ``start_batch`` on (a resumed epoch skips what ran)."""
         self.epoch = epoch
+        self._start = start_batch
 
     @property
     def n_rows(self) -> int:
@@ -603,8 +606,9 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
         self.epoch += 1
+        start, self._start = self._start, 0
         size = self.batch_size
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             if order is None:
                 yield self.x[b * size:(b + 1) * size], self.y[b * size:(b + 1) * size]
             else:

@@ -21,7 +21,8 @@ EXAMPLES = {
     "run": """examples:
   retort run digits-mlp                         # a shipped recipe, recorded in ./mlflow.db
   retort run my.yaml -s optimizer.lr=0.01 -s data.batch_size=32
-  retort run digits-mlp -s trainer.max_epochs=3 -q --tracking-uri sqlite:///runs.db""",
+  retort run digits-mlp -s trainer.max_epochs=3 -q --tracking-uri sqlite:///runs.db
+  retort run --resume 3f2a9c...                 # continue a run stopped by Ctrl-C/SIGTERM""",
     "show": """examples:
   retort show digits-mlp                        # every field, every default
   retort show digits-mlp -s optimizer=rmsprop > mine.yaml && retort run mine.yaml""",
@@ -79,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, help in (("run", "train, test and record one run of a recipe"),
                        ("show", "print the fully resolved recipe (every default filled) as YAML")):
         p = add(name, help)
-        p.add_argument("recipe", metavar="RECIPE", help="a recipe file or a shipped recipe's name")
+        p.add_argument("recipe", metavar="RECIPE", nargs="?" if name == "run" else None,
+                       help="a recipe file or a shipped recipe's name" +
+                            (" (with --resume: may be left out, the run's recorded recipe is used)"
+                             if name == "run" else ""))
         p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                        help="override a field by dotted path (repeatable), e.g. -s optimizer.lr=0.01")
         if name == "run":
@@ -109,11 +113,16 @@ def _version() -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import recipes
 
-    recipe = recipes.load(args.recipe, args.overrides)
+    if args.recipe is None and not args.resume:
+        raise RecipeError("give a RECIPE (a file or a shipped name; see 'retort recipes')", field="RECIPE")
+    if args.recipe is None:
+        recipe = _recorded_recipe(args)
+    else:
+        recipe = recipes.load(args.recipe, args.overrides)
     from .runner import run
 
     try:
-        result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet)
+        result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet, resume=args.resume)
     except RunFailed as exc:
         print(f"error: run failed: {exc}", file=sys.stderr)
         if exc.run_id:
@@ -125,6 +134,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{key}: {value:.6g}")
     print(f"run_id: {result.run_id}")
     return 0
+
+
+def _recorded_recipe(args: argparse.Namespace):
+    import tempfile
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from tracking.rerun import recorded_recipe
+    from tracking.store import resolve_uri
+
+    if args.overrides:
+        raise RecipeError("a resumed run keeps its recorded recipe; drop the -s overrides", field="--set")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return recorded_recipe(MlflowClient(tracking_uri=resolve_uri(args.tracking_uri)), args.resume, Path(tmp))
+        except RecipeError as exc:
+            exc.field = "--resume"
+            raise
 
 
 def cmd_show(args: argparse.Namespace) -> int:

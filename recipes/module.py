@@ -81,9 +81,9 @@ class RecipeData(pl.LightningDataModule):
     def test_dataloader(self) -> TensorLoader | list[Any]:
         return self._eval(self.splits.test) if len(self.splits.test[0]) else []
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if self._train is not None:
-            self._train.set_epoch(epoch)
+            self._train.set_epoch(epoch, start_batch)
 
 
 def steps_per_epoch(recipe: Recipe, info: DataInfo, world_size: int = 1) -> int:
@@ -119,6 +119,9 @@ class RecipeModule(pl.LightningModule):
         self.automatic_optimization = False  # training_step is the seed's loop, written out
         self.accumulate = recipe.optimizer["accumulate"]
         self.batches_seen = 0  # batches trained since the start of the run (the step of train/loss)
+        self.recorded_upto = 0  # the last step whose train/loss is in the record
+        self._resumed_batches = 0
+        self._prepared_epoch = -1
         self.history: dict[str, list[tuple[int, Any]]] = {}  # other values callbacks record, per step
 
     def record(self, key: str, value: Any, step: int) -> None:
@@ -152,11 +155,42 @@ class RecipeModule(pl.LightningModule):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes mid-epoch: prepare that epoch here too
+        self._prepare_epoch()
+
     def on_train_epoch_start(self) -> None:
-        self.step_losses, self.step_lrs = [], []
+        self._prepare_epoch()
+
+    def _prepare_epoch(self) -> None:
+        if self._prepared_epoch == self.current_epoch:
+            return
+        self._prepared_epoch = self.current_epoch
+        done = self._resumed_batches  # a run resumed mid-epoch keeps the batches it already trained
+        self._resumed_batches = 0
+        if not done:
+            self.step_losses, self.step_lrs = [], []
         datamodule = self.trainer.datamodule
         if datamodule is not None:
-            datamodule.set_epoch(self.current_epoch)
+            datamodule.set_epoch(self.current_epoch, start_batch=done)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what Lightning does not keep: this epoch's losses so far, the counters, and the RNG (dropout)
+        checkpoint["retort"] = {
+            "batches_seen": self.batches_seen, "recorded_upto": self.recorded_upto,
+            "step_losses": [float(v) for v in self.step_losses], "step_lrs": list(self.step_lrs),
+            "rng": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("retort")
+        if state is None:
+            return
+        self.batches_seen, self.recorded_upto = state["batches_seen"], state["recorded_upto"]
+        self.step_losses = [torch.tensor(v, device=self.device) for v in state["step_losses"]]
+        self.step_lrs = list(state["step_lrs"])
+        self._resumed_batches = len(self.step_losses)
+        torch.set_rng_state(state["rng"])
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 == self.trainer.num_training_batches and self.trainer.world_size > 1:

@@ -3,16 +3,14 @@ and record one MLflow run whose final status says how it ended."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import signal
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ class Built:
     """Everything a run needs, built and checked before anything is recorded."""
 
     recipe: Recipe
+    table: Any
     splits: Any
     module: Any
     datamodule: Any
@@ -62,7 +61,7 @@ def build(recipe: Recipe, world_size: int = 1) -> Built:
     splits = replace(splits, info=_fit_loss(recipe, splits.info))
     module = RecipeModule(recipe, splits.info, world_size)
     module.configure_optimizers()  # build optimizer and schedule now, so their errors are input errors
-    return Built(recipe, splits, module, RecipeData(recipe, splits))
+    return Built(recipe, table, splits, module, RecipeData(recipe, splits))
 
 
 def _fit_loss(recipe: Recipe, info: Any) -> Any:
@@ -79,128 +78,7 @@ def _fit_loss(recipe: Recipe, info: Any) -> Any:
                       f"{what}; losses that fit: {', '.join(fitting)}", field="loss.name")
 
 
-# --- the recorder and the epoch line ------------------------------------------------------------
-
-def _callbacks() -> tuple[type, type]:
-    """Lightning callback classes, defined on first use so importing this module stays light."""
-    global _CALLBACK_CLASSES
-    if _CALLBACK_CLASSES is not None:
-        return _CALLBACK_CLASSES
-    import pytorch_lightning as pl
-    import torch
-
-    class Recorder(pl.Callback):
-        """Writes each epoch's values to the MLflow run in one batch, off the training step's path."""
-
-        def __init__(self, record: Any, every: int):
-            self.record, self.every = record, every
-
-        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
-            summary = m.epoch_summary()
-            if self.record is None:
-                return
-            n = len(m.step_losses)
-            if n and self.every:
-                first = m.batches_seen - n + 1
-                keep = [i for i in range(n) if (first + i) % self.every == 0]
-                losses = torch.stack(m.step_losses).tolist()
-                steps = [first + i for i in keep]
-                self.record.log_series("train/loss", [losses[i] for i in keep], steps)
-                self.record.log_series("lr", [m.step_lrs[i] for i in keep], steps)
-            for key, items in m.history.items():
-                self.record.log_series(key, [float(v) for _, v in items], [s for s, _ in items])
-            m.history.clear()
-            self.record.log(summary, step=trainer.current_epoch + 1)
-            self.record.maybe_flush()
-
-    class EpochLine(pl.Callback):
-        """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412``, plus a live batch
-        counter on a terminal when an epoch takes more than a few seconds."""
-
-        def __init__(self, max_epochs: int):
-            self.max_epochs = max_epochs
-            self.live = sys.stderr.isatty()
-            self._start = self._shown = 0.0
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, m: Any) -> None:
-            self._start = self._shown = time.monotonic()
-
-        def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, i: int) -> None:
-            if not self.live:
-                return
-            now = time.monotonic()
-            if now - self._start > 2 and now - self._shown > 0.5:
-                self._shown = now
-                total = trainer.num_training_batches
-                sys.stderr.write(f"\repoch {trainer.current_epoch + 1}/{self.max_epochs}  batch {i + 1}/{total}"
-                                 f"  loss {float(m.step_losses[-1]):.4f}\x1b[K")
-                sys.stderr.flush()
-
-        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
-            if trainer.global_rank:
-                return
-            if self.live and time.monotonic() - self._start > 2:
-                sys.stderr.write("\r\x1b[K")
-            words = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
-            for key, value in m.epoch_summary().items():
-                label = key.replace("/", " ").replace("loss_epoch", "loss")
-                words.append(f"{label} {value:.4f}")
-            print("  ".join(words), flush=True)
-
-    class BestWeights(pl.Callback):
-        """Keeps the best epoch's weights (lowest ``monitor``) in memory, one tensor copy per improvement;
-        :meth:`save` writes them once at the end, instead of a checkpoint file per improvement."""
-
-        def __init__(self, monitor: str):
-            self.monitor = monitor
-            self.best = math.inf
-            self.epoch = -1
-            self.state: dict[str, Any] | None = None
-
-        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
-            value = m.epoch_summary().get(self.monitor, math.nan)
-            if value < self.best:  # NaN never improves
-                self.best, self.epoch = value, trainer.current_epoch + 1
-                self.state = {k: v.detach().clone() for k, v in m.state_dict().items()}
-
-        def save(self, path: Path) -> Path | None:
-            if self.state is None:
-                return None
-            torch.save({"state_dict": self.state, "epoch": self.epoch, "monitor": self.monitor,
-                        "value": self.best}, path)
-            return path
-
-    _CALLBACK_CLASSES = (Recorder, EpochLine, BestWeights)
-    return _CALLBACK_CLASSES
-
-
-_CALLBACK_CLASSES: tuple[type, ...] | None = None
-
-
 # --- run ----------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGINT/SIGTERM raise :class:`Interrupted` inside the run, so it can be closed as KILLED."""
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
-
-    if os.getpid() != _main_pid():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _main_pid() -> int:
-    import threading
-
-    return os.getpid() if threading.current_thread() is threading.main_thread() else -1
-
 
 def _quiet_lightning() -> None:
     for name in ("mlflow", "alembic", "pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
@@ -215,16 +93,17 @@ def _rank() -> int:
 
 
 def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
-        callbacks: Sequence[Any] = (), tags: Mapping[str, str] | None = None,
-        parent_run_id: str | None = None) -> RunResult:
+        callbacks: Sequence[Any] = (), tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+        resume: str | None = None) -> RunResult:
     """Train, test and record ``recipe`` as one MLflow run.
 
     ``callbacks`` are extra Lightning callbacks (a sweep's pruning callback reads
     ``pl_module.epoch_summary()`` in ``on_train_epoch_end``); ``tags`` are added to the run's tags;
-    ``parent_run_id`` makes the run a child of that run (tag ``mlflow.parentRunId``).
+    ``parent_run_id`` makes the run a child of that run (tag ``mlflow.parentRunId``); ``resume`` continues
+    the interrupted run with that id from its last checkpoint, into the same MLflow run.
 
     Raises :class:`RecipeError` for bad input (nothing recorded), :class:`RunFailed` when training fails
-    (run FAILED), :class:`Interrupted` on SIGINT/SIGTERM (run KILLED).
+    (run FAILED), :class:`Interrupted` on SIGINT/SIGTERM (run KILLED, with a checkpoint to resume from).
     """
     import pytorch_lightning as pl
     import torch
@@ -237,88 +116,155 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
         torch.set_num_threads(recipe.trainer["threads"])
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     built = build(recipe)
-
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
-    record = None
-    if _rank() == 0:
-        tags = {**run_tags(recipe, command), **recipe.tracking["tags"], **(tags or {})}
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        experiment = recipe.tracking["experiment"] or recipe.name
-        record = RunRecord.start(uri, experiment, run_name=recipe.tracking["run_name"], params=recipe.flat(),
-                                 tags=tags)
-        record.log_text(recipe.to_yaml(), "recipe.yaml")
-    run_id = record.run_id if record else os.environ.get("RETORT_RUN_ID")
-    if run_id:
-        os.environ["RETORT_RUN_ID"] = run_id  # DDP ranks started later inherit it
+    with tempfile.TemporaryDirectory(prefix="retort-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        record, checkpoint = None, None
+        if _rank() == 0:
+            if resume:
+                record, checkpoint = RunRecord.reopen(uri, resume, tmp, recipe)
+            else:
+                tags = {**run_tags(recipe, command), **recipe.tracking["tags"], **(tags or {})}
+                if parent_run_id:
+                    tags["mlflow.parentRunId"] = parent_run_id
+                record = RunRecord.start(uri, recipe.tracking["experiment"] or recipe.name,
+                                         run_name=recipe.tracking["run_name"], params=recipe.flat(), tags=tags)
+                _record_context(record, recipe, built, tmp)
+        elif resume:
+            checkpoint = _download_checkpoint(uri, resume, tmp)
+        return _run_recorded(built, record, tmp, quiet, list(callbacks), checkpoint)
+
+
+def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any],
+                  checkpoint: Path | None) -> RunResult:
+    """Fit and test, closing the record as FINISHED, FAILED or KILLED whatever happens."""
+    from tracking.plots import loss_curves
+    from tracking.system import SystemMonitor
+
+    from .hooks import SignalGuard
+
+    run_id = record.run_id if record is not None else None
+    monitor = None
+    if record is not None and built.recipe.tracking["system_metrics"]:
+        monitor = SystemMonitor(record, built.recipe.tracking["system_metrics_interval"]).start()
+    fit = _Fit(built, record, tmp, quiet, extra)
     try:
-        with _signals_raise(), tempfile.TemporaryDirectory(prefix="retort-") as tmp:
-            result = _fit(built, record, Path(tmp), quiet, list(callbacks))
-            if record is not None:
-                if result.best_checkpoint:
-                    record.log_artifact(result.best_checkpoint, "checkpoints")
-                record.finish("FINISHED")
+        with SignalGuard() as guard:
+            result = fit.run(guard, checkpoint)
+        if record is not None:
+            monitor and monitor.stop()
+            if result.best_checkpoint:
+                record.log_artifact(result.best_checkpoint, "checkpoints")
+            record.flush()
+            loss_curves(record, tmp / "loss.png")
+            record.finish("FINISHED")
     except Interrupted as exc:
         if record is not None:
+            monitor and monitor.stop()
+            if fit.interruption is not None and fit.interruption.saved is not None:
+                record.log_artifact(fit.interruption.saved, "checkpoints")
             record.finish("KILLED", f"interrupted by {exc}")
         raise
     except Exception as exc:
         if record is not None:
+            monitor and monitor.stop()
             record.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise RunFailed(f"{type(exc).__name__}: {exc}", run_id) from exc
     except BaseException as exc:  # SystemExit and the like: never leave the run RUNNING
         if record is not None:
             record.finish("KILLED", f"{type(exc).__name__}: {exc}")
         raise
-    result.run_id = run_id
+    result.run_id = fit.run_id_callback.run_id if fit.run_id_callback is not None else run_id
     return result
 
 
-def _fit(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any]) -> RunResult:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> None:
+    """What a reviewer needs to re-run it: the resolved recipe, the data's digest, the environment, the code."""
+    from tracking.context import code_states, environment, mask_tree
 
-    recipe, module, datamodule = built.recipe, built.module, built.datamodule
-    t = recipe.trainer
-    Recorder, EpochLine, BestWeights = _callbacks()
-    callbacks: list[pl.Callback] = [Recorder(record, recipe.tracking["log_every_n_steps"])]
-    if not quiet:
-        callbacks.append(EpochLine(t["max_epochs"]))
-    user = [plugins.build("callback", spec) for spec in recipe.callbacks]
-    for cb in user:
-        if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-            cb.dirpath = str(tmp / "checkpoints")
-    callbacks += user + extra
-    has_val = built.splits.info.n_val > 0
-    best = BestWeights("val/loss" if has_val else "train/loss_epoch") if recipe.tracking["checkpoint"] else None
-    if best is not None:
-        callbacks.append(best)
-    trainer = pl.Trainer(
-        max_epochs=t["max_epochs"], max_steps=t["max_steps"], accelerator=t["accelerator"],
-        devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"], precision=t["precision"],
-        deterministic=t["deterministic"], check_val_every_n_epoch=t["check_val_every_n_epoch"],
-        callbacks=callbacks, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
-        default_root_dir=str(tmp), limit_val_batches=1.0 if has_val else 0,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
-    metrics = module.epoch_summary()
-    user_best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best_path = user_best or (best.save(tmp / "best.ckpt") if best is not None else None)
-    if best is not None and best.state is not None and not user_best:
-        module.load_state_dict(best.state)  # test the best epoch's weights
-    if built.splits.info.n_test > 0:
-        trainer.test(module, datamodule=datamodule, ckpt_path=user_best or None, verbose=False)
-        test_values = getattr(module, "test_values", {})
-        metrics.update(test_values)
-        if record is not None:
-            record.log(test_values, step=trainer.current_epoch)
-    return RunResult(run_id=None, metrics={k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")},
-                     best_checkpoint=str(best_path) if best_path else None, epochs=trainer.current_epoch,
-                     fit_seconds=fit_seconds, rank=trainer.global_rank)
+    from .yamlio import dumps
+
+    record.log_text(dumps(mask_tree(recipe.to_dict())), "recipe.yaml")
+    info = built.splits.info
+    record.log_dataset(name=info.name, digest=built.splits.digest, source=built.table.source,
+                       profile={"task": info.task, "features": info.n_features, "outputs": info.n_outputs,
+                                "train": info.n_train, "val": info.n_val, "test": info.n_test})
+    record.log_text(environment(), "requirements.txt")
+    for prefix, state in code_states(recipe.source).items():
+        if state.dirty:
+            record.log_text(state.diff, "git.diff" if prefix == "git" else f"{prefix}.diff")
+
+
+def _download_checkpoint(uri: str, run_id: str, tmp: Path) -> Path:
+    from mlflow import MlflowClient
+
+    return Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, "checkpoints/last.ckpt", str(tmp)))
+
+
+class _Fit:
+    """One fit and test of a built recipe, with the loop's own callbacks."""
+
+    def __init__(self, built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any]):
+        self.built, self.record, self.tmp, self.quiet, self.extra = built, record, tmp, quiet, extra
+        self.interruption: Any = None
+        self.run_id_callback: Any = None
+
+    def run(self, guard: Any, checkpoint: Path | None) -> RunResult:
+        import pytorch_lightning as pl
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        from .hooks import BestWeights, EpochLine, Interruption, Recorder, RunId
+
+        built, tmp = self.built, self.tmp
+        recipe, module, datamodule = built.recipe, built.module, built.datamodule
+        t = recipe.trainer
+        recorder = Recorder(self.record, recipe.tracking["log_every_n_steps"])
+        self.interruption = Interruption(guard, tmp / "last.ckpt", recorder)
+        self.run_id_callback = RunId(self.record.run_id if self.record is not None else None)
+        callbacks: list[pl.Callback] = [recorder, self.interruption, self.run_id_callback]
+        if not self.quiet:
+            callbacks.append(EpochLine(t["max_epochs"]))
+        user = [plugins.build("callback", spec) for spec in recipe.callbacks]
+        for cb in user:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(tmp / "checkpoints")
+        callbacks += user + self.extra
+        has_val = built.splits.info.n_val > 0
+        best = BestWeights("val/loss" if has_val else "train/loss_epoch") if recipe.tracking["checkpoint"] else None
+        if best is not None:
+            callbacks.append(best)
+        trainer = pl.Trainer(
+            max_epochs=t["max_epochs"], max_steps=t["max_steps"], accelerator=t["accelerator"],
+            devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"], precision=t["precision"],
+            deterministic=t["deterministic"], check_val_every_n_epoch=t["check_val_every_n_epoch"],
+            callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
+            default_root_dir=str(tmp), limit_val_batches=1.0 if has_val else 0,
+        )
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        start = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if checkpoint else None)
+        except SIGTERMException:  # a SystemExit without a code: it would end the process with status 0
+            raise Interrupted(signal.SIGTERM) from None
+        fit_seconds = time.perf_counter() - start
+        if guard.signum is not None:  # the signal came during the last epoch's end: training is complete
+            self.interruption.stop(trainer, module)
+        metrics = module.epoch_summary()
+        user_best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best_path = user_best or (best.save(tmp / "best.ckpt") if best is not None else None)
+        if best is not None and best.state is not None and not user_best:
+            module.load_state_dict(best.state)  # test the best epoch's weights
+        if built.splits.info.n_test > 0:
+            trainer.test(module, datamodule=datamodule, ckpt_path=user_best or None, verbose=False)
+            test_values = getattr(module, "test_values", {})
+            metrics.update(test_values)
+            if self.record is not None:
+                self.record.log(test_values, step=trainer.current_epoch)
+        metrics = {k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")}
+        return RunResult(run_id=None, metrics=metrics, best_checkpoint=str(best_path) if best_path else None,
+                         epochs=trainer.current_epoch, fit_seconds=fit_seconds, rank=trainer.global_rank)
 
 
 def _nan(v: float) -> bool:

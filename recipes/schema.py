@@ -86,19 +86,25 @@ PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "p
 
 
 class SpaceParam(_Options):
-    """One searched field: a float/int range (``low``, ``high``, ``log``, ``step``) or ``choices``."""
+    """One searched field: a range (``low``, ``high``, optional ``log`` and ``step``) or ``choices``.
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    A range samples integers when ``type`` is ``int``; by default, when the field's value in the recipe is
+    an integer (``data.batch_size``), else when ``low``, ``high`` and ``step`` are all written as integers.
+    ``choices`` may hold any YAML values (lists such as ``[[64], [128, 64]]`` for ``model.hidden`` too).
+    """
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = Field(False, description="sample uniformly in log space (low > 0)")
+    step: int | float | None = Field(None, gt=0, description="sample low, low + step, ...")
     choices: list[Any] | None = None
+    type: Literal["float", "int"] | None = Field(None, description="int or float range (default: inferred)")
 
     @model_validator(mode="after")
     def _check(self) -> SpaceParam:
         if self.choices is not None:
-            if self.low is not None or self.high is not None:
-                raise ValueError("give either choices or low/high, not both")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("give either choices or a range (low, high, log, step), not both")
             if not self.choices:
                 raise ValueError("choices is empty")
             return self
@@ -108,16 +114,44 @@ class SpaceParam(_Options):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None and self.step != 1:
+            raise ValueError("a log range cannot have a step (other than 1 for integers)")
+        if self.type == "int" and any(v is not None and float(v) != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("an int range needs whole numbers for low, high and step")
         return self
+
+    def kind(self, current: Any = None) -> Literal["choices", "int", "float"]:
+        """How the field is sampled, given its value in the base recipe (``current``)."""
+        if self.choices is not None:
+            return "choices"
+        if self.type is not None:
+            return self.type
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            ints = all(isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None)
+            return "int" if ints else "float"
+        return "int" if isinstance(current, int) else "float"
+
+
+class LrScaling(_Options):
+    """Ties the learning rate to the batch size: the trial's lr is the sampled (or the recipe's) lr,
+    which holds at ``reference``, times ``batch/reference`` (linear) or its square root (sqrt)."""
+
+    rule: Literal["linear", "sqrt"] = Field(..., description="linear (Goyal et al.) or sqrt (Adam-style) scaling")
+    reference: float = Field(..., gt=0, description="the batch size at which the lr is the sampled lr")
+    lr: str = Field("optimizer.lr", description="the learning-rate field")
+    batch_size: str = Field("data.batch_size", description="the batch-size field (must be in the space)")
 
 
 class SweepOptions(_Options):
     metric: str = Field("val/loss", description="the value the sweep optimizes (its last epoch's value)")
     direction: Literal["minimize", "maximize"] = "minimize"
-    trials: int = Field(20, ge=1)
+    trials: int = Field(20, ge=1, description="finished trials the study should hold, over all workers")
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     pruner: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
-    seed: int | None = Field(None, description="sampler seed (default: the recipe's seed)")
+    seed: int | None = Field(None, description="sampler seed (default: the recipe's seed); worker i adds i")
+    sampler_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the sampler")
+    pruner_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the pruner")
+    lr_scaling: LrScaling | None = Field(None, description="scale the lr with the batch size")
     space: dict[str, SpaceParam] = Field(default_factory=dict)
 
 
@@ -208,7 +242,9 @@ def resolve(raw: Any, *, source: str | None = None, default_name: str = "recipe"
                 f"unknown field{plugins.did_you_mean(str(key), SECTIONS)}; valid fields: {', '.join(SECTIONS)}",
                 field=str(key), source=source)
     try:
-        return _resolve(raw, default_name)
+        recipe = _resolve(raw, default_name)
+        recipe.source = source
+        return recipe
     except RecipeError as exc:
         exc.source = exc.source or source
         raise
@@ -270,8 +306,8 @@ def _pydantic_error(exc: ValidationError, path: str, cls: type[BaseModel]) -> Re
     if err["type"] == "extra_forbidden":
         valid = list(cls.model_fields)
         key = str(err["loc"][-1])
-        if len(err["loc"]) > 1 and cls is SweepOptions:  # inside a space entry
-            valid = list(SpaceParam.model_fields)
+        if len(err["loc"]) > 1 and cls is SweepOptions:  # inside a space entry or lr_scaling
+            valid = list((LrScaling if err["loc"][0] == "lr_scaling" else SpaceParam).model_fields)
         return RecipeError(f"unknown field{plugins.did_you_mean(key, valid)}; valid fields: {', '.join(valid)}",
                            field=where)
     msg = err["msg"].removeprefix("Value error, ")
@@ -340,13 +376,39 @@ def _check_consistency(r: Recipe) -> None:
     if r.data["val_fraction"] + r.data["test_fraction"] >= 1:
         raise RecipeError("val_fraction + test_fraction must stay below 1", field="data.val_fraction")
     if r.sweep is not None:
-        sweep_metric = r.sweep["metric"]
-        if sweep_metric not in known:
-            raise RecipeError(f"{sweep_metric!r} is not recorded by this recipe"
-                              f"{plugins.did_you_mean(sweep_metric, known)}; valid choices: {', '.join(known)}",
-                              field="sweep.metric")
-        flat = r.flat()
-        for path in r.sweep["space"]:
-            if path not in flat:
-                raise RecipeError(f"no recipe field {path!r}{plugins.did_you_mean(path, flat)}",
-                                  field=f"sweep.space.{path}")
+        _check_sweep(r, [f"val/{k}" for k in keys])
+
+
+def _check_sweep(r: Recipe, val_metrics: list[str]) -> None:
+    """The sweep section against the recipe: a metric recorded every epoch, fields that exist."""
+    sweep = r.sweep
+    assert sweep is not None
+    known = ["val/loss", *val_metrics, "train/loss_epoch"]  # what epoch_summary() holds, for pruning
+    metric = sweep["metric"]
+    if metric not in known:
+        raise RecipeError(f"{metric!r} is not recorded every epoch by this recipe"
+                          f"{plugins.did_you_mean(metric, known)}; valid choices: {', '.join(known)}",
+                          field="sweep.metric")
+    if metric.startswith("val/") and r.data["val_fraction"] == 0 and "data.val_fraction" not in sweep["space"]:
+        raise RecipeError(f"{metric!r} needs a validation split: set data.val_fraction above 0",
+                          field="sweep.metric")
+    flat = r.flat()
+    for path, spec in sweep["space"].items():
+        where = f"sweep.space.{path}"
+        if path.split(".", 1)[0] in ("sweep", "tracking", "name", "description"):
+            raise RecipeError(f"{path!r} is not a training field; search data, model, loss, optimizer, scheduler, "
+                              "callbacks, metrics, trainer or seed fields", field=where)
+        if path not in flat:
+            raise RecipeError(f"no recipe field {path!r}{plugins.did_you_mean(path, flat)}", field=where)
+        param = SpaceParam(**spec)
+        kind = param.kind(flat[path])
+        if sweep["sampler"] == "grid" and kind == "float" and param.step is None:
+            raise RecipeError("the grid sampler needs choices or a step for a float range", field=where)
+    scaling = sweep["lr_scaling"]
+    if scaling is not None:
+        if scaling["lr"] not in flat:
+            raise RecipeError(f"no recipe field {scaling['lr']!r}{plugins.did_you_mean(scaling['lr'], flat)}",
+                              field="sweep.lr_scaling.lr")
+        if scaling["batch_size"] not in sweep["space"]:
+            raise RecipeError(f"lr_scaling scales with {scaling['batch_size']!r}, which sweep.space does not search; "
+                              f"add it to sweep.space", field="sweep.lr_scaling.batch_size")

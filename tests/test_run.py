@@ -136,7 +136,8 @@ def recipes_param(value) -> str:
 def test_checkpoint_can_be_switched_off(client):
     r = tiny(tracking={"experiment": "tests", "checkpoint": False})
     result = recipes.run(r, quiet=True)
-    assert {f.path for f in client.list_artifacts(result.run_id)} == {"recipe.yaml"}
+    files = {f.path for f in client.list_artifacts(result.run_id)}
+    assert "recipe.yaml" in files and "checkpoints" not in files
 
 
 def test_non_finite_loss_fails_the_run_naming_epoch_and_batch(client):

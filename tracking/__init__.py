@@ -6,6 +6,6 @@ heavy libraries only inside their functions.
 """
 
 from .record import RunRecord
-from .store import DEFAULT_URI, prepare_store, resolve_uri
+from .store import DEFAULT_URI, experiment_id, prepare_store, resolve_uri
 
-__all__ = ["DEFAULT_URI", "RunRecord", "prepare_store", "resolve_uri"]
+__all__ = ["DEFAULT_URI", "RunRecord", "experiment_id", "prepare_store", "resolve_uri"]

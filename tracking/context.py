@@ -1,26 +1,48 @@
-"""Where and how a run ran: versions, host, devices, the command line; tags on its MLflow run."""
+"""Where and how a run ran: versions, host, devices, code state, environment; tags and artifacts.
+
+Nothing that looks like a secret reaches the record: URL passwords and ``NAME=value`` pairs whose name
+says TOKEN, KEY, SECRET, PASSWORD or CREDENTIAL are masked in the command line, params and tags.
+"""
 
 from __future__ import annotations
 
 import platform
 import re
+import shlex
 import socket
+import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
-_SECRET_WORDS = re.compile(r"(token|key|secret|password|passwd|credential)", re.I)
+_SECRET_NAME = re.compile(r"(token|key|secret|password|passwd|credential|auth)", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
+_PAIR = re.compile(r"(?P<k>[A-Za-z_][\w.-]*)(?P<sep>=|:\s*)(?P<v>\S+)")
+MASK = "***"
 
 
 def mask(text: str) -> str:
-    """The text with URL passwords and ``NAME=value`` secrets (TOKEN, KEY, SECRET, PASSWORD) masked."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """``text`` with URL passwords and secret-named ``NAME=value`` pairs replaced by ``***``."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _PAIR.sub(lambda m: f"{m['k']}{m['sep']}{MASK}" if _SECRET_NAME.search(m["k"]) else m[0], text)
 
-    def repl(m: re.Match[str]) -> str:
-        return f"{m['k']}{m['sep']}***" if _SECRET_WORDS.search(m["k"]) else m[0]
 
-    return re.sub(r"(?P<k>[A-Za-z_][\w.-]*)(?P<sep>=)(?P<v>\S+)", repl, text)
+def mask_value(key: str, value: Any) -> Any:
+    """A param or tag value as it may be recorded: masked when it or its name looks like a secret."""
+    if isinstance(value, str):
+        return MASK if _SECRET_NAME.search(key.rsplit(".", 1)[-1]) and value else mask(value)
+    return value
+
+
+def mask_tree(data: Any, key: str = "") -> Any:
+    """A recipe (nested dicts and lists) with every secret-looking string masked."""
+    if isinstance(data, dict):
+        return {k: mask_tree(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [mask_tree(v, key) for v in data]
+    return mask_value(key, data)
 
 
 def version(dist: str) -> str:
@@ -31,17 +53,69 @@ def version(dist: str) -> str:
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    import shlex
-
     argv = sys.argv if argv is None else argv
     return mask(" ".join(shlex.quote(a) for a in ["retort", *argv[1:]]))
 
 
+def environment() -> str:
+    """The installed distributions, ``name==version`` sorted (pip freeze's content), with the Python version."""
+    seen: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={dist.version}"
+    lines = [f"# python {platform.python_version()} ({sys.implementation.name}) on {platform.platform()}"]
+    return "\n".join(lines + sorted(seen.values(), key=str.lower)) + "\n"
+
+
+@dataclass
+class GitState:
+    root: Path
+    commit: str
+    dirty: bool
+    diff: str
+
+
+def git_state(path: Path) -> GitState | None:
+    """Commit, dirty flag and diff (tracked changes, plus the list of untracked files) of ``path``'s repository."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
+    try:
+        root = Path(git("rev-parse", "--show-toplevel").strip())
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    diff = ""
+    if status.strip():
+        untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+        diff = git("diff", "HEAD")
+        if untracked:
+            diff += "".join(f"# untracked: {name}\n" for name in untracked)
+    return GitState(root, commit, bool(status.strip()), diff)
+
+
+def code_states(recipe_source: str | None) -> dict[str, GitState]:
+    """The working folder's (or the recipe's) repository as ``git``, retort's own as ``retort.git`` if another."""
+    out: dict[str, GitState] = {}
+    user = git_state(Path.cwd())
+    if user is None and recipe_source:
+        user = git_state(Path(recipe_source).resolve().parent)
+    if user is not None:
+        out["git"] = user
+    own = git_state(Path(__file__).resolve().parent)
+    if own is not None and (user is None or own.root != user.root):
+        out["retort.git"] = own
+    return out
+
+
 def run_tags(recipe: Any, command: str | None = None) -> dict[str, str]:
-    """Tags every run carries."""
+    """Tags every run carries before it starts (devices come with :func:`device_tags` once known)."""
     import torch
 
-    return {
+    tags = {
         "retort.version": version("retort"),
         "retort.recipe": recipe.name,
         "retort.recipe_source": recipe.source or "",
@@ -53,4 +127,30 @@ def run_tags(recipe: Any, command: str | None = None) -> dict[str, str]:
         "lightning.version": version("pytorch-lightning"),
         "mlflow.version": version("mlflow"),
         "host.name": socket.gethostname(),
+    }
+    for prefix, state in code_states(recipe.source).items():
+        tags[f"{prefix}.commit"] = state.commit
+        tags[f"{prefix}.dirty"] = str(state.dirty).lower()
+        tags[f"{prefix}.repo"] = str(state.root)
+    return {k: mask_value(k, v) for k, v in tags.items()}
+
+
+def device_tags(trainer: Any) -> dict[str, str]:
+    """Accelerator, device names and count, world size: known once the trainer is set up."""
+    import torch
+
+    accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+    devices = [trainer.strategy.root_device] if trainer.num_devices == 1 else \
+        [torch.device(trainer.strategy.root_device.type, i) for i in range(trainer.num_devices)]
+    if accelerator == "cuda":
+        names = [torch.cuda.get_device_name(d) for d in devices]
+    else:
+        names = [platform.processor() or platform.machine()] * len(devices)
+    return {
+        "retort.accelerator": accelerator,
+        "retort.devices": ", ".join(names),
+        "retort.device_count": str(trainer.num_devices),
+        "retort.num_nodes": str(trainer.num_nodes),
+        "retort.world_size": str(trainer.world_size),
+        "retort.precision": str(trainer.precision),
     }

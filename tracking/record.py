@@ -14,9 +14,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .store import prepare_store
+from .context import mask_value
+from .store import experiment_id, prepare_store
 
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+
+
+def _load_yaml(path: str) -> Any:
+    from recipes.yamlio import load_file
+
+    return load_file(Path(path))
 
 
 def param_value(value: Any) -> str:
@@ -55,20 +62,11 @@ class RunRecord:
 
         prepare_store(uri)
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                exp_id = client.create_experiment(experiment)
-            except Exception:  # another process created it first
-                exp = client.get_experiment_by_name(experiment)
-                if exp is None:
-                    raise
-                exp_id = exp.experiment_id
-        else:
-            exp_id = exp.experiment_id
-        run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        exp_id = experiment_id(client, uri, experiment)
+        tags = {k: mask_value(k, str(v)) for k, v in (tags or {}).items()}
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
         record = cls(client, run.info.run_id, exp_id)
-        plist = [Param(k, param_value(v)) for k, v in (params or {}).items()]
+        plist = [Param(k, mask_value(k, param_value(v))) for k, v in (params or {}).items()]
         for chunk in _chunks(plist, _MAX_PARAMS):
             client.log_batch(record.run_id, params=chunk)
         if tags:
@@ -76,6 +74,51 @@ class RunRecord:
             for chunk in _chunks(tlist, _MAX_TAGS):
                 client.log_batch(record.run_id, tags=chunk)
         return record
+
+    @classmethod
+    def reopen(cls, uri: str, run_id: str, tmp: Path, recipe: Any) -> tuple[RunRecord, Path]:
+        """An interrupted run to continue: its last checkpoint, downloaded into ``tmp``; the run set RUNNING.
+
+        Bad input (exit 2, nothing changed): no such run, a finished run, a run without a checkpoint, or a
+        recipe that differs from the run's recorded one.
+        """
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from recipes import RecipeError
+        from recipes.schema import resolve
+
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise RecipeError(f"no run {run_id!r} in {uri}", field="--resume") from None
+        if run.info.status == "FINISHED":
+            raise RecipeError(f"run {run_id} finished; there is nothing to resume", field="--resume")
+        try:
+            checkpoint = Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(tmp)))
+        except (MlflowException, OSError):
+            raise RecipeError(f"run {run_id} ({run.info.status}) has no checkpoint to resume from; only runs "
+                              f"stopped by SIGINT/SIGTERM leave one", field="--resume") from None
+        recorded = resolve(_load_yaml(client.download_artifacts(run_id, "recipe.yaml", str(tmp))))
+        diff = sorted(k for k, v in recipe.flat().items() if recorded.flat().get(k, v) != v)
+        if diff:
+            raise RecipeError(f"the recipe differs from run {run_id}'s in {', '.join(diff)}; resume it with the "
+                              f"recorded recipe (omit RECIPE)", field="--resume")
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "retort.resumed", "true")
+        return cls(client, run_id, run.info.experiment_id), checkpoint
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        """The data set as an MLflow input (digest, source and sizes), as the MLflow UI shows it."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source_type = source.split(":", 1)[0] if ":" in source and not source.startswith("/") else "local"
+        dataset = Dataset(name=name, digest=digest, source_type=source_type, source=source,
+                          profile=json.dumps(dict(profile)))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer metric values at ``step``; nothing is written until :meth:`flush`."""

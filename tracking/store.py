@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from pathlib import Path
+from typing import Any
 
-# MLflow prints INFO lines (database migrations) from its import on; retort's output is its own.
+# MLflow prints INFO lines (database migrations) from its import on, and "View run at" URLs on stdout
+# with a tracking server; retort's output is its own.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -40,3 +44,27 @@ def prepare_store(uri: str) -> None:
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def experiment_id(client: Any, uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing.
+
+    In an SQLite store its artifacts live next to the database (``<store folder>/mlruns/<name>``): MLflow's
+    default is ``./mlruns`` of whichever folder first created the experiment, which loses a store's
+    artifacts when that folder goes away.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    path = sqlite_path(uri)
+    location = None
+    if path is not None:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
+        location = (path.resolve().parent / "mlruns" / slug).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id

@@ -1,0 +1,192 @@
+"""The loop's own callbacks: the recorder, the epoch line, the best weights, and stopping on a signal.
+
+Lightning calls plain callbacks' ``on_train_epoch_end`` before the module's and before early stopping
+and checkpoints; these read :meth:`recipes.module.RecipeModule.epoch_summary`, which owns the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from .errors import Interrupted
+
+
+class Recorder(pl.Callback):
+    """Writes the run's values to its MLflow record in batches, off the training step's path.
+
+    Per epoch: ``train/loss`` and ``lr`` of every ``every``-th step not yet recorded, values other
+    callbacks put in ``module.history``, and the epoch's summary. On rank zero only (``record`` is None
+    elsewhere).
+    """
+
+    def __init__(self, record: Any, every: int):
+        self.record, self.every = record, every
+
+    def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
+        if self.record is not None:
+            from tracking.context import device_tags
+
+            self.record.set_tags(device_tags(trainer))
+
+    def record_steps(self, m: Any) -> None:
+        """Record this epoch's per-step values that are not in the record yet."""
+        n = len(m.step_losses)
+        first = m.batches_seen - n + 1
+        new = [i for i in range(n) if first + i > m.recorded_upto]
+        if self.record is not None and new and self.every:
+            keep = [i for i in new if (first + i) % self.every == 0]
+            losses = torch.stack([m.step_losses[i] for i in keep]).tolist() if keep else []
+            steps = [first + i for i in keep]
+            self.record.log_series("train/loss", losses, steps)
+            self.record.log_series("lr", [m.step_lrs[i] for i in keep], steps)
+        if self.record is not None:
+            for key, items in m.history.items():
+                self.record.log_series(key, [float(v) for _, v in items], [s for s, _ in items])
+        m.history.clear()
+        m.recorded_upto = m.batches_seen
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+        summary = m.epoch_summary()
+        self.record_steps(m)
+        if self.record is not None:
+            self.record.log(summary, step=trainer.current_epoch + 1)
+            self.record.maybe_flush()
+
+
+class EpochLine(pl.Callback):
+    """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412``, plus a live batch counter
+    on a terminal when an epoch takes more than a few seconds."""
+
+    def __init__(self, max_epochs: int):
+        self.max_epochs = max_epochs
+        self.live = sys.stderr.isatty()
+        self._start = self._shown = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, m: Any) -> None:
+        self._start = self._shown = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, i: int) -> None:
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self._start > 2 and now - self._shown > 0.5:
+            self._shown = now
+            sys.stderr.write(f"\repoch {trainer.current_epoch + 1}/{self.max_epochs}  batch {i + 1}/"
+                             f"{trainer.num_training_batches}  loss {float(m.step_losses[-1]):.4f}\x1b[K")
+            sys.stderr.flush()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+        if trainer.global_rank:
+            return
+        if self.live and time.monotonic() - self._start > 2:
+            sys.stderr.write("\r\x1b[K")
+        words = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
+        for key, value in m.epoch_summary().items():
+            words.append(f"{key.replace('/', ' ').replace('loss_epoch', 'loss')} {value:.4f}")
+        print("  ".join(words), flush=True)
+
+
+class BestWeights(pl.Callback):
+    """Keeps the best epoch's weights (lowest ``monitor``) in memory, one tensor copy per improvement;
+    :meth:`save` writes them once at the end instead of a file per improvement. Its state travels in
+    checkpoints, so a resumed run keeps its best."""
+
+    def __init__(self, monitor: str):
+        self.monitor = monitor
+        self.best = math.inf
+        self.epoch = -1
+        self.state: dict[str, Any] | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+        value = m.epoch_summary().get(self.monitor, math.nan)
+        if value < self.best:  # NaN never improves
+            self.best, self.epoch = value, trainer.current_epoch + 1
+            self.state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.epoch, self.state = state["best"], state["epoch"], state["state"]
+
+    def save(self, path: Path) -> Path | None:
+        if self.state is None:
+            return None
+        torch.save({"state_dict": self.state, "epoch": self.epoch, "monitor": self.monitor, "value": self.best},
+                   path)
+        return path
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM during training ask the loop to stop at the next batch boundary, with a checkpoint
+    to resume from; outside training, or a second signal, interrupt at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.trainer: pl.Trainer | None = None  # set while training
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.trainer is not None and self.signum is None:
+            self.signum = signum
+            # Lightning sees SIGTERM too (its handler runs before this one) and would exit at the batch's end
+            # without a checkpoint; retort stops at the next batch start instead, with one
+            self.trainer._signal_connector.received_sigterm = False
+            return
+        raise Interrupted(signum)
+
+    def __enter__(self) -> SignalGuard:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+class Interruption(pl.Callback):
+    """Acts on a :class:`SignalGuard`'s request at the start of a training batch, when exactly the batches
+    before it are applied: saves a resumable checkpoint, records the epoch so far, then interrupts."""
+
+    def __init__(self, guard: SignalGuard, path: Path, recorder: Recorder):
+        self.guard, self.path, self.recorder = guard, path, recorder
+        self.saved: Path | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, m: Any) -> None:
+        self.guard.trainer = trainer
+
+    def on_train_end(self, trainer: pl.Trainer, m: Any) -> None:
+        self.guard.trainer = None
+
+    def stop(self, trainer: pl.Trainer, m: Any) -> None:
+        self.recorder.record_steps(m)  # first: the checkpoint must know these steps are recorded
+        trainer.save_checkpoint(self.path)
+        self.saved = self.path
+        raise Interrupted(self.guard.signum or signal.SIGTERM)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, m: Any, batch: Any, batch_idx: int) -> None:
+        if self.guard.signum is not None:
+            self.stop(trainer, m)
+
+
+
+class RunId(pl.Callback):
+    """Every rank learns the run's id from rank zero once the processes are connected (DDP, torchrun)."""
+
+    def __init__(self, own: str | None):
+        self.run_id = own
+
+    def setup(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        if trainer.world_size > 1:
+            self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
