@@ -8,6 +8,10 @@ Figures (goals from the issues; the bench reports, it never fails):
   over a hand-written PyTorch loop in the seed's style with a torch DataLoader, same model, loss,
   optimizer, data, batch size and epochs, and a validation pass per epoch. Goal <= 1.0x on digits-mlp,
   <= 1.05x on a model whose step takes about 20 ms.
+- tracking overhead: fit time logging train/loss and lr every step over logging them off (epoch values
+  only), digits-mlp. Goal <= 1.03x.
+- run set-up: seconds MLflow set-up adds to a run on an existing store (creating the run with every
+  param and tag, recipe, environment, data input, code state). Goal <= 0.5 s.
 - start-up: wall time of ``retort --help`` and ``retort recipes`` (goal < 0.5 s each).
 A and B run alternately in one process (A B A B ...) and the median of the per-pair ratios is quoted.
 """
@@ -92,6 +96,42 @@ def loop_overhead(name: str, overrides: list[str], repeats: int, uri: str) -> di
     }
 
 
+def tracking_overhead(repeats: int, uri: str) -> dict:
+    import recipes
+
+    on = recipes.load("digits-mlp", ["tracking.log_every_n_steps=1"])
+    off = recipes.load("digits-mlp", ["tracking.log_every_n_steps=0"])
+    retort_fit(on, uri)
+    retort_fit(off, uri)
+    pairs = [(retort_fit(on, uri), retort_fit(off, uri)) for _ in range(repeats)]
+    ratios = [a / b for a, b in pairs]
+    return {"figure": "tracking overhead, digits-mlp: every step over off", "retort_fit_s":
+            statistics.median(a for a, _ in pairs), "hand_written_fit_s": statistics.median(b for _, b in pairs),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def run_setup(repeats: int, uri: str) -> float:
+    """Seconds to create a run's record on an existing store: what MLflow adds before training starts."""
+    import tempfile
+
+    import recipes
+    from recipes.runner import _record_context, build
+    from tracking import RunRecord
+    from tracking.context import run_tags
+
+    recipe = recipes.load("digits-mlp")
+    built = build(recipe)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        record = RunRecord.start(uri, "bench-setup", params=recipe.flat(), tags=run_tags(recipe))
+        with tempfile.TemporaryDirectory() as tmp:
+            _record_context(record, recipe, built, Path(tmp))
+        times.append(time.perf_counter() - start)
+        record.finish("FINISHED")
+    return statistics.median(times[1:])
+
+
 def wall(cmd: list[str], repeats: int) -> float:
     times = []
     for _ in range(repeats + 1):
@@ -119,19 +159,23 @@ def main() -> None:
         rows.append(loop_overhead("digits, MLP 1024-1024, batch 256 (5 epochs)",
                                   ["trainer.max_epochs=5", "model.hidden=[1024, 1024]", "data.batch_size=256",
                                    "model.dropout=0.0"], args.repeats, uri))
+        rows.append(tracking_overhead(args.repeats, uri))
+        setup_s = run_setup(args.repeats, uri)
         help_s = wall([exe, "--help"], args.repeats)
         recipes_s = wall([exe, "recipes"], args.repeats)
 
     print(f"{'figure':<58} {'retort':>9} {'baseline':>9} {'ratio':>7}  (min-max)      goal")
-    goals = [1.0, 1.05]
+    goals = [1.0, 1.05, 1.03]
     for row, goal in zip(rows, goals):
+        step = f"   [hand-written step {row['hand_step_ms']:.2f} ms]" if "hand_step_ms" in row else ""
         print(f"{row['figure']:<58} {row['retort_fit_s']:>8.2f}s {row['hand_written_fit_s']:>8.2f}s "
-              f"{row['ratio']:>6.3f}x  ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})  <= {goal}x"
-              f"   [hand-written step {row['hand_step_ms']:.2f} ms]")
+              f"{row['ratio']:>6.3f}x  ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})  <= {goal}x{step}")
+    print(f"{'run set-up on an existing store (MLflow)':<58} {setup_s:>8.3f}s {'':>9} {'':>7}  {'':<14} <= 0.5 s")
     print(f"{'start-up: retort --help':<58} {help_s:>8.3f}s {'':>9} {'':>7}  {'':<14} < 0.5 s")
     print(f"{'start-up: retort recipes':<58} {recipes_s:>8.3f}s {'':>9} {'':>7}  {'':<14} < 0.5 s")
     if args.json:
-        args.json.write_text(json.dumps({"loop": rows, "help_s": help_s, "recipes_s": recipes_s}, indent=2))
+        figures = {"loop": rows, "setup_s": setup_s, "help_s": help_s, "recipes_s": recipes_s}
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
