@@ -203,3 +203,16 @@ def test_torchrun_launch_makes_one_run(tmp_path: Path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["retort.world_size"] == "2"
     assert out.stdout.strip().endswith(f"run_id: {runs[0].info.run_id}")
+
+
+def test_rerun_warns_when_code_or_environment_differ(client, workdir: Path):
+    from tracking.rerun import drift
+
+    result = recipes.run(small(trainer={"max_epochs": 1, "accelerator": "cpu"}), quiet=True)
+    assert not [w for w in drift(client, client.get_run(result.run_id), workdir) if "differs" in w]
+    client.set_tag(result.run_id, "retort.git.commit", "0" * 40)
+    client.log_text(result.run_id, environment().replace(f"torch=={torch.__version__}", "torch==1.0.0"),
+                    "requirements.txt")
+    warnings = drift(client, client.get_run(result.run_id), workdir)
+    assert any(w.startswith("retort.git commit ") and w.endswith(", 000000000000 in the record") for w in warnings)
+    assert any(f"torch 1.0.0 -> {torch.__version__}" in w for w in warnings)
