@@ -9,6 +9,7 @@ a signal. Logging every step so costs almost nothing on the training path.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -64,7 +65,14 @@ class RunRecord:
         client = MlflowClient(tracking_uri=uri)
         exp_id = experiment_id(client, uri, experiment)
         tags = {k: mask_value(k, str(v)) for k, v in (tags or {}).items()}
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        # MLflow draws a run's name from Python's `random`, which the run has seeded: draw it from fresh
+        # entropy so seed-0 runs get different names, and leave the seeded state as it was
+        state = random.getstate()
+        random.seed()
+        try:
+            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        finally:
+            random.setstate(state)
         record = cls(client, run.info.run_id, exp_id)
         plist = [Param(k, mask_value(k, param_value(v))) for k, v in (params or {}).items()]
         for chunk in _chunks(plist, _MAX_PARAMS):
