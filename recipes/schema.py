@@ -143,7 +143,7 @@ class LrScaling(_Options):
 
 
 class SweepOptions(_Options):
-    metric: str = Field("val/loss", description="the value the sweep optimizes (its last epoch's value)")
+    metric: str = Field("val/loss", description="what the sweep optimizes: a trial's best epoch's value of it")
     direction: Literal["minimize", "maximize"] = "minimize"
     trials: int = Field(20, ge=1, description="finished trials the study should hold, over all workers")
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]

@@ -1,0 +1,187 @@
+"""Sweep figures, each a ratio measured side by side in one run (the bench reports; it never fails).
+
+    .venv/bin/python scripts/bench_sweep.py            # all figures, about 10 minutes on 2 cores
+    .venv/bin/python scripts/bench_sweep.py --quick    # fewer trials and seeds, to try it out
+
+Figures (goals from issue 4):
+- per-trial overhead: a sweep's wall time over the sum of its trials' fit times, digits-mlp trials
+  of about 2 s (the epochs are calibrated to that), no pruning. Measured twice: the engine in a warm
+  process (``tracking.sweep.sweep``: study, parent run, every trial's run, best recipe, importances and
+  plots) and the ``retort sweep`` command as typed (interpreter start and imports included). Goal <= 1.10.
+- workers: trials per minute of ``retort sweep --workers 2`` over ``--workers 1`` (same trials, each
+  worker a fair share of the cores). Goal >= 1.7x on two cores.
+- search: hyperband pruning against no pruning, TPE, the same trial count and seed, digits-mlp with a
+  27-epoch budget; compute = epochs trained (also seconds of fit). Per seed: the unpruned sweep's best
+  validation loss is the target; the figure is the unpruned sweep's total compute over the pruned sweep's
+  compute up to the trial where it first reaches the target ("-" when it never does). Median over seeds.
+  Goal >= 3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+SPACE = ("sweep.space={optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}, "
+         "data.batch_size: {choices: [16, 32, 64, 128]}}")
+LR_ONLY = "sweep.space={optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}}"  # trials of equal cost
+
+
+def trials_of(storage: str, study: str) -> list:
+    import optuna
+
+    from tracking import sweep as sw
+
+    loaded = optuna.load_study(study_name=study, storage=sw.open_storage(storage))
+    return sorted(loaded.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def calibrate(folder: Path, target: float) -> int:
+    """Epochs of digits-mlp whose fit takes about ``target`` seconds here."""
+    import recipes
+
+    uri = f"sqlite:///{folder / 'calibrate.db'}"
+    recipe = recipes.load("digits-mlp", ["trainer.max_epochs=20", "tracking.system_metrics=false"])
+    recipes.run(recipe, tracking_uri=uri, quiet=True)  # warm-up: imports, first-call costs
+    fit = min(recipes.run(recipe, tracking_uri=uri, quiet=True).fit_seconds for _ in range(2))
+    return max(2, round(20 * target / fit))
+
+
+def overhead(folder: Path, epochs: int, trials: int) -> dict[str, float]:
+    from tracking import sweep as sw
+
+    uri = f"sqlite:///{folder / 'overhead.db'}"
+    sets = [f"trainer.max_epochs={epochs}", "sweep.pruner=none", LR_ONLY]
+    result = sw.sweep("digits-mlp", overrides=sets, trials=trials, study="engine", tracking_uri=uri, quiet=True)
+    fits = sum(t.user_attrs["fit_seconds"] for t in trials_of(result.storage, result.study))
+    engine = (result.wall_seconds, fits)
+    cmd = [str(Path(sys.executable).with_name("retort")), "sweep", "digits-mlp", "--trials", str(trials),
+           "--study", "command", "--tracking-uri", uri, "-q", *[a for s in sets for a in ("-s", s)]]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=folder)
+    wall = time.perf_counter() - start
+    fits_cmd = sum(t.user_attrs["fit_seconds"] for t in trials_of(str(sw.default_journal(uri, "command")), "command"))
+    return {"engine_wall": engine[0], "engine_fits": engine[1], "command_wall": wall, "command_fits": fits_cmd}
+
+
+def workers(folder: Path, epochs: int, trials: int, threads: int | None = None) -> dict[int, float]:
+    """Trials per minute of the command with 1 and 2 workers (``threads``: torch threads per trial, default
+    each worker's fair share of the cores)."""
+    out = {}
+    for k in (1, 2):
+        uri = f"sqlite:///{folder / f'workers{k}-{threads}.db'}"
+        cmd = [str(Path(sys.executable).with_name("retort")), "sweep", "digits-mlp", "--trials", str(trials),
+               "--workers", str(k), "--tracking-uri", uri, "-q", "-s", f"trainer.max_epochs={epochs}",
+               "-s", "sweep.pruner=none", "-s", LR_ONLY]
+        if threads:
+            cmd += ["-s", f"trainer.threads={threads}"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=folder)
+        out[k] = trials / (time.perf_counter() - start) * 60
+    return out
+
+
+def search(folder: Path, seed: int, trials: int, epochs: int) -> dict[str, float]:
+    from tracking import sweep as sw
+
+    runs = {}
+    for pruner in ("none", "hyperband"):
+        uri = f"sqlite:///{folder / f'search-{seed}-{pruner}.db'}"
+        sets = [f"trainer.max_epochs={epochs}", f"sweep.pruner={pruner}", "sweep.sampler=tpe", SPACE]
+        result = sw.sweep("digits-mlp", overrides=sets, trials=trials, seed=seed, study=f"s{seed}-{pruner}",
+                          tracking_uri=uri, quiet=True)
+        runs[pruner] = trials_of(result.storage, result.study)
+    target = min(t.value for t in runs["none"] if t.state.name == "COMPLETE")
+
+    def compute(ts: list, key: str, until: float | None = None) -> float:
+        total = 0.0
+        for t in ts:
+            total += t.user_attrs.get(key, 0)
+            if until is not None and t.state.name == "COMPLETE" and t.value <= until:
+                return total
+        return total if until is None else math.inf
+
+    epochs_u = compute(runs["none"], "epochs")
+    epochs_p_total = compute(runs["hyperband"], "epochs")
+    epochs_p = compute(runs["hyperband"], "epochs", until=target)
+    best_p = min((t.value for t in runs["hyperband"] if t.state.name == "COMPLETE"), default=math.inf)
+    return {"target": target, "best_pruned": best_p, "epochs_unpruned": epochs_u, "epochs_pruned_total": epochs_p_total,
+            "epochs_pruned_to_target": epochs_p, "ratio": epochs_u / epochs_p,
+            "ratio_total": epochs_u / epochs_p_total,
+            "seconds_unpruned": compute(runs["none"], "fit_seconds"),
+            "seconds_pruned_to_target": compute(runs["hyperband"], "fit_seconds", until=target),
+            "pruned": sum(t.state.name == "PRUNED" for t in runs["hyperband"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer trials and seeds")
+    parser.add_argument("--seeds", type=int, default=5, help="search: seeds (median over them)")
+    parser.add_argument("--only", choices=("overhead", "workers", "search"), action="append",
+                        help="run only these figures (repeatable)")
+    args = parser.parse_args()
+    only = set(args.only or ("overhead", "workers", "search"))
+    n_overhead, n_workers, n_search, seeds = (4, 4, 8, 2) if args.quick else (12, 10, 20, args.seeds)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="retort-bench-sweep-") as tmp:
+        folder = Path(tmp)
+        epochs = calibrate(folder, 2.0)
+        print(f"digits-mlp: {epochs} epochs take about 2 s to fit here (cpus: {os.cpu_count()})", flush=True)
+        if "overhead" in only:
+            o = overhead(folder, epochs, n_overhead)
+            rows.append(("sweep wall / sum of fit times, engine (warm process)",
+                         f"{o['engine_wall'] / o['engine_fits']:.2f}x",
+                         f"{n_overhead} trials: {o['engine_wall']:.1f} s / {o['engine_fits']:.1f} s; "
+                         f"{(o['engine_wall'] - o['engine_fits']) / n_overhead:.2f} s per trial", "<= 1.10"))
+            rows.append(("sweep wall / sum of fit times, `retort sweep` command",
+                         f"{o['command_wall'] / o['command_fits']:.2f}x",
+                         f"{o['command_wall']:.1f} s / {o['command_fits']:.1f} s", "<= 1.10"))
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+        if "workers" in only:
+            w = workers(folder, epochs, n_workers)
+            rows.append(("trials per minute, 2 workers / 1 worker (fair thread shares)", f"{w[2] / w[1]:.2f}x",
+                         f"{n_workers} trials: {w[1]:.1f} vs {w[2]:.1f} per minute", ">= 1.7"))
+            print(rows[-1], flush=True)
+            w = workers(folder, epochs, n_workers, threads=1)
+            rows.append(("trials per minute, 2 workers / 1 worker (1 thread per trial)", f"{w[2] / w[1]:.2f}x",
+                         f"{n_workers} trials: {w[1]:.1f} vs {w[2]:.1f} per minute", ">= 1.7"))
+            print(rows[-1], flush=True)
+        if "search" in only:
+            per_seed = []
+            for seed in range(seeds):
+                s = search(folder, seed, n_search, 27)
+                per_seed.append(s)
+                print(f"  seed {seed}: target {s['target']:.4f}, pruned best {s['best_pruned']:.4f} "
+                      f"({s['pruned']} of {n_search} pruned); epochs {s['epochs_unpruned']:.0f} unpruned, "
+                      f"{s['epochs_pruned_to_target']:.0f} pruned to target ({s['epochs_pruned_total']:.0f} in all); "
+                      f"ratio {s['ratio']:.2f}x; fit seconds {s['seconds_unpruned']:.1f} vs "
+                      f"{s['seconds_pruned_to_target']:.1f}", flush=True)
+            ratio = statistics.median(s["ratio"] for s in per_seed)
+            reached = sum(math.isfinite(s["epochs_pruned_to_target"]) for s in per_seed)
+            rows.append(("compute to the unpruned best, unpruned / hyperband (median)",
+                         f"{ratio:.2f}x" if math.isfinite(ratio) and ratio > 0 else "-",
+                         f"{n_search} trials x 27 epochs, {seeds} seeds, target reached in {reached}; "
+                         f"total-compute ratio {statistics.median(s['ratio_total'] for s in per_seed):.2f}x",
+                         ">= 3"))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'figure':<{width}}  {'result':>7}  goal     detail")
+    for name, value, detail, goal in rows:
+        print(f"{name:<{width}}  {value:>7}  {goal:<7}  {detail}")
+
+
+if __name__ == "__main__":
+    main()

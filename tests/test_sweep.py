@@ -1,0 +1,451 @@
+"""Sweeps: the space, trials as MLflow child runs, pruned and failed trials, workers, crashes and resuming.
+
+Real Optuna studies (journal files, PostgreSQL), real MLflow stores and real runs of tiny recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import plugins
+import recipes
+from recipes.errors import RecipeError
+from tests.conftest import all_runs, retort
+from tracking import sweep as sw
+from tracking.record import param_value
+
+TINY = """\
+name: tiny
+seed: 0
+data: {name: wine, batch_size: 16}
+model: {name: mlp, hidden: [8]}
+optimizer: {name: adam, lr: 0.01}
+metrics: [accuracy]
+trainer: {max_epochs: 3, accelerator: cpu, devices: 1}
+tracking: {checkpoint: false, system_metrics: false}
+sweep:
+  metric: val/loss
+  trials: 4
+  sampler: tpe
+  pruner: median
+  pruner_args: {n_startup_trials: 1}
+  space:
+    optimizer.lr: {low: 1.0e-3, high: 1.0e-1, log: true}
+    data.batch_size: {choices: [8, 16, 32]}
+"""
+
+
+def write(folder: Path, text: str, name: str = "tiny.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def journal_study(folder: Path, study: str):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(folder / "optuna" / f"{study}.journal")))
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def last_lines(stdout: str) -> tuple[float, dict, str]:
+    lines = stdout.strip().splitlines()[-3:]
+    assert [ln.split(":", 1)[0] for ln in lines] == ["best_value", "best_params", "parent_run_id"], lines
+    return float(lines[0].split(": ", 1)[1]), json.loads(lines[1].split(": ", 1)[1]), lines[2].split(": ", 1)[1]
+
+
+def children(client, parent_id: str) -> dict[int, object]:
+    """The parent's child runs by trial number (each trial has exactly one)."""
+    runs = [r for r in all_runs(client) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    by_trial = {int(r.data.tags["retort.trial"]): r for r in runs}
+    assert len(by_trial) == len(runs), "two runs for one trial"
+    return by_trial
+
+
+def check_records(client, study, parent_id: str) -> dict[int, object]:
+    """Every trial has one child run whose tags and status agree with the trial."""
+    runs = children(client, parent_id)
+    trials = study.get_trials()
+    assert sorted(runs) == [t.number for t in trials]
+    for t in trials:
+        run = runs[t.number]
+        tags = run.data.tags
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert tags["retort.study"] == study.study_name
+        assert tags["retort.trial_state"] == t.state.name
+        assert tags["mlflow.runName"] == f"{study.study_name} trial {t.number}"
+        owner = t.system_attrs["retort:owner"]
+        assert tags["retort.worker"] == str(owner["worker"]) and tags["retort.sampler_seed"] == str(owner["seed"])
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}[t.state.name]
+        if "retort:retried" in t.system_attrs:
+            expected = "KILLED"
+        assert run.info.status == expected, (t.number, t.state, run.info.status, tags.get("retort.failure"))
+        for path, value in t.params.items():  # the run's recipe holds the trial's values
+            assert run.data.params[path] == param_value(value), (path, value)
+    return runs
+
+
+def check_parent(client, study, parent_id: str, best_value: float, best_params: dict, tmp: Path) -> None:
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["retort.sweep"] == "parent" and parent.data.tags["retort.study"] == study.study_name
+    best = study.best_trial
+    assert best.value == best_value and best.params == best_params
+    assert parent.data.tags["retort.best_trial"] == str(best.number)
+    assert parent.data.tags["retort.best_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert parent.data.metrics["best_value"] == best_value
+    arts = {a.path for folder in (None, "plots") for a in client.list_artifacts(parent_id, folder)}
+    assert {"best_recipe.yaml", "base_recipe.yaml", "importances.json", "plots/optimization_history.png",
+            "plots/parallel_coordinate.png"} <= arts
+    # the best recipe runs as it is, and holds the best trial's values
+    path = Path(client.download_artifacts(parent_id, "best_recipe.yaml", str(tmp)))
+    flat = recipes.load(path).flat()
+    assert {k: flat[k] for k in best_params} == best_params
+    importances = json.loads(Path(client.download_artifacts(parent_id, "importances.json", str(tmp))).read_text())
+    assert set(importances) == set(best_params) and math.isclose(sum(importances.values()), 1.0)
+
+
+# --- the space: bad input stops before anything is recorded -----------------------------------------
+
+BAD = [
+    ("sweep: {space: {optimizer.lr: {low: 0.1, high: 0.01}}}", "sweep.space.optimizer.lr", "below high"),
+    ("sweep: {space: {optimizer.lr: {low: 0.0, high: 0.1, log: true}}}", "sweep.space.optimizer.lr", "low > 0"),
+    ("sweep: {space: {optimizer.rl: {low: 0.1, high: 1.0}}}", "sweep.space.optimizer.rl", "'optimizer.lr'"),
+    ("sweep: {space: {data.batch_size: {choices: []}}}", "sweep.space.data.batch_size", "empty"),
+    ("sweep: {sampler: bayes, space: {optimizer.lr: {low: 0.1, high: 1.0}}}", "sweep.sampler", "'tpe'"),
+    ("sweep: {pruner: asha, space: {optimizer.lr: {low: 0.1, high: 1.0}}}", "sweep.pruner", "'hyperband'"),
+    ("sweep: {metric: val/acc, space: {optimizer.lr: {low: 0.1, high: 1.0}}}", "sweep.metric", "'val/accuracy'"),
+    ("sweep: {metric: test/loss, space: {optimizer.lr: {low: 0.1, high: 1.0}}}", "sweep.metric",
+     "recorded every epoch"),
+    ("sweep: {space: {}}", "sweep.space", "empty"),
+    ("seed: 1", "sweep", "no sweep section"),
+    ("sweep: {space: {data.batch_size: {choices: [16, 0]}}}", "sweep.space.data.batch_size",
+     "choice 0 makes an invalid recipe"),
+    ("sweep: {space: {model.head: {choices: [auto, tanh]}}}", "sweep.space.model.head",
+     "'tanh' makes an invalid recipe"),
+    ("sweep: {space: {trainer.max_epochs: {low: 0, high: 3}}}", "sweep.space.trainer.max_epochs",
+     "value 0 makes an invalid recipe"),
+    ("sweep: {space: {tracking.uri: {choices: [a, b]}}}", "sweep.space.tracking.uri", "not a training field"),
+    ("sweep: {sampler: grid, space: {optimizer.lr: {low: 0.1, high: 1.0}}}", "sweep.space.optimizer.lr",
+     "grid sampler needs choices or a step"),
+    ("sweep: {space: {optimizer.lr: {low: 0.001, high: 0.1, log: true, step: 0.01}}}", "sweep.space.optimizer.lr",
+     "cannot have a step"),
+    ("sweep: {space: {optimizer.lr: {low: 0.1, high: 1.0, type: int}}}", "sweep.space.optimizer.lr", "whole numbers"),
+    ("sweep: {space: {optimizer.lr: {low: 0.1, high: 1.0}}, lr_scaling: {rule: linear, reference: 64}}",
+     "sweep.lr_scaling.batch_size", "does not search"),
+    ("sweep: {space: {data.batch_size: {choices: [8]}}, lr_scaling: {rule: cubic, reference: 64}}",
+     "sweep.lr_scaling.rule", "'linear' or 'sqrt'"),
+    ("sweep: {space: {data.batch_size: {choices: [8]}}, lr_scaling: {rule: sqrt, reference: 0}}",
+     "sweep.lr_scaling.reference", "greater than 0"),
+    ("sweep: {space: {optimizer.lr: {low: 0.1, high: 1.0}}, sampler_args: {n_startup: 3}}", "sweep.sampler_args",
+     "n_startup"),
+    ("sweep: {pruner: median, pruner_args: {warmup: 3}, space: {optimizer.lr: {low: 0.1, high: 1.0}}}",
+     "sweep.pruner_args", "warmup"),
+    ("sweep: {pruner: patient, pruner_args: {wrapped: asha}, space: {optimizer.lr: {low: 0.1, high: 1.0}}}",
+     "sweep.pruner_args", "wrapped must be one of"),
+]
+
+
+@pytest.mark.parametrize(("sweep_text", "field", "words"), BAD)
+def test_bad_space_stops_before_anything_is_recorded(workdir: Path, client, sweep_text: str, field: str,
+                                                     words: str):
+    path = write(workdir, "data: {name: wine}\nmetrics: [accuracy]\n" + sweep_text + "\n")
+    with pytest.raises(RecipeError) as info:
+        sw.sweep(path, quiet=True)
+    assert info.value.field == field, str(info.value)
+    assert words in str(info.value), str(info.value)
+    assert all_runs(client) == [] and not (workdir / "optuna").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "field", "words"), [
+    ({"trials": 0}, "--trials", "at least 1"),
+    ({"workers": 0}, "--workers", "at least 1"),
+    ({"heartbeat": 0}, "--heartbeat", "above 0"),
+    ({"storage": "redis://localhost/0"}, "--storage", "postgresql://"),
+    ({"storage": "sqlite:///study.db", "workers": 2}, "--storage", "database is locked"),
+])
+def test_bad_options(workdir: Path, client, kwargs: dict, field: str, words: str):
+    path = write(workdir, TINY)
+    with pytest.raises(RecipeError) as info:
+        sw.sweep(path, quiet=True, **kwargs)
+    assert info.value.field == field and words in str(info.value), str(info.value)
+    assert all_runs(client) == [] and not (workdir / "optuna").exists()
+
+
+def test_cli_bad_input_exits_2(workdir: Path, client):
+    write(workdir, TINY.replace("pruner: median", "pruner: asha"))
+    out = retort("sweep", "tiny.yaml", cwd=workdir)
+    assert out.returncode == 2, out.stderr
+    assert "sweep.pruner" in out.stderr and "'hyperband'" in out.stderr
+    assert all_runs(client) == [] and not (workdir / "optuna").exists()
+
+
+# --- sampling and the trial's recipe ------------------------------------------------------------------
+
+def test_trial_values_apply_by_dotted_path(tmp_path: Path):
+    import optuna
+
+    text = TINY.replace("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: descent, eta: 0.01}").replace(
+        "    data.batch_size: {choices: [8, 16, 32]}\n",
+        "    data.batch_size: {choices: [8, 16, 32]}\n    model.hidden: {choices: [[8], [16, 8]]}\n"
+        "    trainer.max_epochs: {low: 2, high: 6, step: 2}\n    model.dropout: {low: 0, high: 0.5}\n"
+        "    loss.name: {choices: [logitcrossentropy, crossentropy]}\n"
+        "  lr_scaling: {rule: sqrt, reference: 16}\n")
+    base = recipes.load(write(tmp_path, text))
+    kinds = {p: k for p, (_, k) in sw._params(base).items()}
+    assert kinds == {"optimizer.lr": "float", "data.batch_size": "choices", "model.hidden": "choices",
+                     "trainer.max_epochs": "int", "model.dropout": "float", "loss.name": "choices"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    study.enqueue_trial({"optimizer.lr": 0.02, "data.batch_size": 32, "model.hidden": "[16, 8]",
+                         "trainer.max_epochs": 4, "model.dropout": 0.25, "loss.name": "crossentropy"})
+    trial = study.ask()
+    values = sw.suggest(trial, base)
+    assert values == {"optimizer.lr": 0.02, "data.batch_size": 32, "model.hidden": [16, 8],
+                      "trainer.max_epochs": 4, "model.dropout": 0.25, "loss.name": "crossentropy"}
+    assert sw.decode(trial.params, base) == values
+    scaled = sw.applied(values, base)
+    assert scaled["optimizer.lr"] == pytest.approx(0.02 * math.sqrt(32 / 16))
+    raw = {**base.to_dict(), "optimizer": {"name": "descent", "eta": 0.01}, "model": {"name": "mlp", "hidden": [8]}}
+    r = sw.trial_recipe(raw, scaled)
+    assert r.optimizer["lr"] == pytest.approx(0.02 * math.sqrt(2)) and r.data["batch_size"] == 32
+    assert r.model["hidden"] == [16, 8] and r.trainer["max_epochs"] == 4 and r.model["dropout"] == 0.25
+    assert r.loss["name"] == "crossentropy" and r.model["head"] == "softmax"  # re-resolved, as `-s` would
+    for _ in range(20):  # every sampled value is in its range and builds a recipe
+        t = study.ask()
+        v = sw.suggest(t, base)
+        assert 1e-3 <= v["optimizer.lr"] <= 0.1 and v["trainer.max_epochs"] in (2, 4, 6)
+        assert 0 <= v["model.dropout"] <= 0.5 and v["data.batch_size"] in (8, 16, 32)
+        sw.trial_recipe(raw, sw.applied(v, base))
+        study.tell(t, 0.0)
+
+
+def test_samplers_and_pruners_by_name(tmp_path: Path):
+    import optuna
+
+    base = recipes.load(write(tmp_path, TINY))
+    for name, cls in (("tpe", "TPESampler"), ("random", "RandomSampler"), ("gp", "GPSampler"),
+                      ("qmc", "QMCSampler"), ("grid", "GridSampler")):
+        text = TINY.replace("sampler: tpe", f"sampler: {name}").replace("{low: 1.0e-3, high: 1.0e-1, log: true}",
+                                                                        "{low: 0.01, high: 0.03, step: 0.01}")
+        sampler = sw.make_sampler(recipes.load(write(tmp_path, text, f"{name}.yaml")), 7)
+        assert type(sampler).__name__ == cls
+    grid = sw._grid(recipes.load(write(tmp_path, text, "grid.yaml")))
+    assert grid == {"optimizer.lr": pytest.approx([0.01, 0.02, 0.03]), "data.batch_size": [8, 16, 32]}
+    hyperband = sw.make_pruner(base, "hyperband", {})
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 3
+    patient = sw.make_pruner(base, "patient", {"patience": 2, "wrapped": "percentile", "percentile": 40.0})
+    assert isinstance(patient, optuna.pruners.PatientPruner) and patient._patience == 2
+    assert isinstance(patient._wrapped_pruner, optuna.pruners.PercentilePruner)
+    assert patient._wrapped_pruner._percentile == 40.0
+    for name, cls in (("none", "NopPruner"), ("median", "MedianPruner"), ("percentile", "PercentilePruner"),
+                      ("successive_halving", "SuccessiveHalvingPruner")):
+        assert type(sw.make_pruner(base, name, {})).__name__ == cls
+
+
+def test_grid_sweep_with_lr_scaling_stops_when_the_grid_is_done(workdir: Path, client):
+    text = TINY.replace("sampler: tpe", "sampler: grid").replace("max_epochs: 3", "max_epochs: 1").replace(
+        "    optimizer.lr: {low: 1.0e-3, high: 1.0e-1, log: true}\n    data.batch_size: {choices: [8, 16, 32]}\n",
+        "    data.batch_size: {choices: [16, 32]}\n  lr_scaling: {rule: linear, reference: 8}\n")
+    result = sw.sweep(write(workdir, text), trials=5, quiet=True)
+    study = journal_study(workdir, "tiny")
+    assert sorted(t.params["data.batch_size"] for t in study.trials) == [16, 32]
+    assert result.ok and result.warnings == ["the grid has 2 points, fewer than the 5 trials asked for"]
+    runs = check_records(client, study, result.parent_run_id)
+    for t in study.trials:  # lr = 0.01 at batch size 8, scaled linearly
+        lr = 0.01 * t.params["data.batch_size"] / 8
+        assert t.user_attrs["applied"] == {"optimizer.lr": lr}
+        assert runs[t.number].data.params["optimizer.lr"] == repr(lr)
+
+
+# --- trials: complete, pruned, failed (NaN, exception) -----------------------------------------------
+
+if "sweep_test_boom" not in plugins.available("callback"):
+    @plugins.register("callback", "sweep_test_boom")
+    def sweep_test_boom(*, at_epoch: int = 0):
+        """Raise at the end of epoch `at_epoch` (0: never); a trial that fails by exception."""
+        import pytorch_lightning as pl
+
+        class Boom(pl.Callback):
+            def on_train_epoch_end(self, trainer, m):
+                if trainer.current_epoch + 1 == at_epoch:
+                    raise RuntimeError(f"boom at epoch {at_epoch}")
+
+        return Boom()
+
+
+def test_pruned_and_failed_trials_are_recorded_and_the_sweep_goes_on(workdir: Path, client):
+    import optuna
+
+    text = TINY.replace("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: descent, lr: 0.1}").replace(
+        "metrics: [accuracy]", "metrics: [accuracy]\ncallbacks: [{name: sweep_test_boom}]").replace(
+        "    optimizer.lr: {low: 1.0e-3, high: 1.0e-1, log: true}\n    data.batch_size: {choices: [8, 16, 32]}\n",
+        "    optimizer.lr: {choices: [0.5, 1.0e-6, 1.0e+30]}\n    callbacks.0.at_epoch: {choices: [0, 2]}\n"
+        "    model.activation: {choices: [relu, swoosh]}\n")
+    path = write(workdir, text)
+    journal = workdir / "optuna" / "tiny.journal"
+    journal.parent.mkdir()
+    # a real queue in the real study fixes the order: good, too slow to keep, NaN, exception, unknown activation
+    storage = sw.open_storage(str(journal))
+    study = optuna.create_study(study_name="tiny", storage=storage)
+    for lr, at, act in ((0.5, 0, "relu"), (1e-6, 0, "relu"), (1e30, 0, "relu"), (0.5, 2, "relu"), (0.5, 0, "swoosh")):
+        study.enqueue_trial({"optimizer.lr": lr, "callbacks.0.at_epoch": at, "model.activation": act})
+    result = sw.sweep(path, trials=5, quiet=True)
+    study = journal_study(workdir, "tiny")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "FAIL"]
+    assert result.counts == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 3, "RUNNING": 0, "WAITING": 0}
+    assert result.best_trial == 0
+    assert result.best_params == {"optimizer.lr": 0.5, "callbacks.0.at_epoch": 0, "model.activation": "relu"}
+    assert result.ok and result.best_value == study.trials[0].value
+    runs = check_records(client, study, result.parent_run_id)
+    pruned = runs[1]
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["retort.pruned"] == "pruned at epoch 1"
+    assert study.trials[1].last_step == 1 and study.trials[1].value == study.trials[1].intermediate_values[1]
+    nan_reason = runs[2].data.tags["retort.failure"]
+    assert "NonFiniteLoss" in nan_reason and "epoch 1" in nan_reason
+    assert study.trials[2].user_attrs["failure"] == nan_reason
+    assert runs[3].data.tags["retort.failure"] == "RuntimeError: boom at epoch 2"
+    assert study.trials[3].user_attrs["failure"] == "RuntimeError: boom at epoch 2"
+    invalid = runs[4].data.tags["retort.failure"]
+    assert invalid.startswith("invalid recipe:") and "swoosh" in invalid and "model.activation" in invalid
+    assert study.trials[4].user_attrs["failure"] == invalid
+    assert client.get_run(result.parent_run_id).data.metrics["trials_failed"] == 3
+
+
+# --- workers, resuming, crashes -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_then_resume_adds_only_the_missing_trials(workdir: Path, client, tmp_path: Path):
+    write(workdir, TINY)
+    out = retort("sweep", "tiny.yaml", "--workers", "2", "--trials", "4", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    best_value, best_params, parent_id = last_lines(out.stdout)
+    study = journal_study(workdir, "tiny")
+    assert len(study.trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert {t.system_attrs["retort:owner"]["seed"] for t in study.trials} <= {0, 1}
+    check_records(client, study, parent_id)
+    check_parent(client, study, parent_id, best_value, best_params, tmp_path)
+    tags = client.get_run(parent_id).data.tags
+    assert tags["retort.workers"] == "2" and tags["retort.sampler_seeds"] == "0,1"
+    assert tags["retort.dashboard"] == f"optuna-dashboard {workdir / 'optuna' / 'tiny.journal'}"
+    # the same study again, two more trials: only those run, under the same parent run
+    result = sw.sweep(workdir / "tiny.yaml", trials=6, quiet=True)
+    study = journal_study(workdir, "tiny")
+    assert [t.number for t in study.trials] == list(range(6)) and result.parent_run_id == parent_id
+    assert {t.system_attrs["retort:owner"]["seed"] for t in study.trials[4:]} == {4}  # seed + trials before
+    check_records(client, study, parent_id)
+    check_parent(client, study, parent_id, result.best_value, result.best_params, tmp_path / "again")
+    again = sw.sweep(workdir / "tiny.yaml", trials=6, quiet=True)
+    assert len(journal_study(workdir, "tiny").trials) == 6 and again.best_value == result.best_value
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        hit = predicate()
+        if hit:
+            return hit
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_killed_worker_and_interrupted_sweep_resume_with_no_trial_lost(workdir: Path, client):
+    import optuna
+
+    text = TINY.replace("data: {name: wine, batch_size: 16}", "data: {name: digits, batch_size: 16}").replace(
+        "max_epochs: 3", "max_epochs: 4").replace(
+        "pruner: median\n  pruner_args: {n_startup_trials: 1}", "pruner: none").replace(
+        "data.batch_size: {choices: [8, 16, 32]}", "data.batch_size: {choices: [8]}")
+    write(workdir, text)
+    exe = Path(sys.executable).with_name("retort")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(exe), "sweep", "tiny.yaml", "--workers", "2", "--trials", "4", "--heartbeat", "1"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = workdir / "optuna" / "tiny.journal"
+
+    def opened():
+        if journal.exists():
+            try:
+                return journal_study(workdir, "tiny")
+            except KeyError:  # the file is there, the study not yet
+                return None
+        return None
+
+    study = _wait_for(opened, proc, what="the study")
+
+    def training(exclude: int | None = None):
+        """A trial whose run has started and has epochs to go (so that it is still running when hit)."""
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            owner = t.system_attrs.get("retort:owner", {})
+            started = "mlflow_run_id" in t.user_attrs and not t.intermediate_values
+            if started and owner.get("pid") not in (None, exclude):
+                return t
+        return None
+
+    victim = _wait_for(training, proc, what="a trial in training")
+    os.kill(victim.system_attrs["retort:owner"]["pid"], signal.SIGKILL)
+    # the parent re-queues the dead worker's trial at once; then Ctrl-C-like SIGTERM stops the sweep
+    _wait_for(lambda: study.trials[victim.number].state.name == "FAIL", proc, what="the lost trial re-queued")
+    other = _wait_for(lambda: training(exclude=victim.system_attrs["retort:owner"]["pid"]), proc,
+                      what="the other worker")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "worker" in err and "SIGKILL" in err
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    parent_id = journal_study(workdir, "tiny").user_attrs["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and "SIGTERM" in parent.data.tags["retort.failure"]
+    for lost, why in ((victim.number, "ended while running"), (other.number, "interrupted by SIGTERM")):
+        t = trials[lost]
+        assert t.state.name == "FAIL" and why in t.system_attrs["retort:retried"]
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "KILLED", (lost, run.data.tags)
+    # the same command again finishes the study: the re-queued trials run with their params, none is lost
+    out = retort(*cmd[1:], cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    study = journal_study(workdir, "tiny")
+    counted = [t for t in study.trials if "retort:retried" not in t.system_attrs]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+    for lost in (victim.number, other.number):
+        repeat = study.trials[lost]
+        while "retort:retried" in repeat.system_attrs:  # a repeat can itself have been interrupted
+            (repeat,) = [t for t in study.trials if t.user_attrs.get("retry_of") == repeat.number]
+        assert repeat.params == study.trials[lost].params and repeat.state.name == "COMPLETE"
+    runs = check_records(client, study, parent_id)
+    assert runs[victim.number].data.tags["retort.trial_state"] == "FAIL"
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_two_independent_processes_share_a_postgres_study(workdir: Path, client, postgres_url: str):
+    write(workdir, TINY)
+    exe = Path(sys.executable).with_name("retort")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(exe), "sweep", "tiny.yaml", "--storage", postgres_url, "--study", "shared", "--trials", "5", "-q"]
+    procs = [subprocess.Popen([*cmd, "--seed", str(seed)], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for seed in (0, 100)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert {t.system_attrs["retort:owner"]["pid"] for t in study.trials} <= {p.pid for p in procs}
+    parents = {last_lines(o[0])[2] for o in outs}
+    assert len(parents) == 1  # the second command found the study's parent run
+    check_records(client, study, parents.pop())
