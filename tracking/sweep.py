@@ -851,6 +851,7 @@ class Worker:
                 trial.set_user_attr("applied", {k: v for k, v in setting.items() if values.get(k) != v})
             recipe = trial_recipe(self.plan.raw, setting, self.plan.source)
             pruning = _pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize")
+            started = time.perf_counter()
             result = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
                                  callbacks=[pruning], tags=tags, parent_run_id=self.plan.parent_run_id)
         except Interrupted as exc:  # the run is KILLED; the trial runs again when the sweep resumes
@@ -875,7 +876,8 @@ class Worker:
             return
         finally:
             self._after_trial()
-        trial.set_user_attr("fit_seconds", round(result.fit_seconds, 4))
+        trial.set_user_attr("fit_seconds", round(result.fit_seconds, 4))  # training only
+        trial.set_user_attr("run_seconds", round(time.perf_counter() - started, 4))  # the whole recorded run
         trial.set_user_attr("epochs", result.epochs)
         if pruning.pruned_at is not None:
             self._finish(trial, "PRUNED", pruning.best, f"pruned at epoch {pruning.pruned_at}", result.run_id, values)
@@ -1025,25 +1027,20 @@ def _spawn(k: int) -> list[subprocess.Popen]:
                              stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(k)]
 
 
-def _send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> None:
-    """Hand each started worker its arguments (``plan`` None: none is needed; they exit)."""
-    threads = max(1, _cpus() // max(1, len(procs)))
-    for i, proc in enumerate(procs):
+def _send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> list[subprocess.Popen]:
+    """Hand worker i its arguments and seed ``seeds[i]``; stop the workers not needed (they have done nothing
+    but import). Returns the workers at work."""
+    threads = max(1, _cpus() // max(1, len(seeds)))
+    used = procs[:len(seeds)] if plan is not None else []
+    for i, proc in enumerate(used):
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            if plan is not None and i < len(seeds):
-                proc.stdin.write(pickle.dumps(_WorkerArgs(plan, i, seeds[i], threads, os.getpid())))
+            proc.stdin.write(pickle.dumps(_WorkerArgs(plan, i, seeds[i], threads, os.getpid())))
             proc.stdin.close()
-
-
-def _peek(storage: Any, study: str) -> tuple[int, int]:
-    """(trials that count, waiting trials) of a study, 0 if it does not exist yet: how many workers to start."""
-    try:
-        trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
-    except KeyError:
-        return 0, 0
-    counts = tally(trials)
-    return sum(counts.values()), counts["WAITING"]
+    for proc in procs[len(used):]:
+        proc.kill()
+        proc.wait()
+    return used
 
 
 def _supervise(procs: list[subprocess.Popen], study: Any, plan: Plan, lock: Any) -> tuple[list[str], int | None]:
@@ -1077,6 +1074,8 @@ def _supervise(procs: list[subprocess.Popen], study: Any, plan: Plan, lock: Any)
                 if rc is None:
                     continue
                 pending.discard(i)
+                if len(pending) == len(procs) - 1:  # a core is free from now on: load what the end needs
+                    threading.Thread(target=_prefetch_analysis, daemon=True).start()
                 if rc == 0 or (got and rc in (128 + got[0], -got[0])):
                     continue
                 how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
@@ -1088,6 +1087,17 @@ def _supervise(procs: list[subprocess.Popen], study: Any, plan: Plan, lock: Any)
         for s, h in previous.items():
             signal.signal(s, h)
     return problems, (got[0] if got else None)
+
+
+def _prefetch_analysis() -> None:
+    """Import what :func:`_log_analysis` needs (about 1.5 s), while the last workers finish."""
+    with contextlib.suppress(Exception):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+        import optuna.importance._fanova  # scikit-learn's forests
+        import optuna.visualization.matplotlib  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -1118,18 +1128,21 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     SIGINT/SIGTERM (the parent run is then KILLED and interrupted trials are queued to run again).
     """
     start = time.perf_counter()
-    plan, base = _plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study, seed=seed,
-                       heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet)
+    # workers start first: they import torch and Lightning (seconds) while this process checks the input and
+    # prepares; they touch nothing before _send hands them their arguments, and are killed on bad input
+    procs = _spawn(workers) if workers > 1 else []
+    try:
+        plan, base = _plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
+                           seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet)
+    except BaseException:
+        _send(procs, None, [])
+        raise
     from .store import prepare_store
 
     _quiet_optuna()
-    opened = open_storage(plan.storage)
-    have, waiting = _peek(opened, plan.study)
-    k = max(1, min(workers, max(0, plan.trials - have) + waiting))
-    # workers import torch and Lightning while this process prepares; they touch no store before _send
-    procs = _spawn(k) if k > 1 else []
     lock = study_lock(plan.storage, plan.study)
     try:
+        opened = open_storage(plan.storage)
         prepare_store(plan.tracking_uri)  # create/migrate the MLflow store once, before any worker writes to it
         with lock:
             study_obj, existing = _open_study(opened, plan, base)
@@ -1140,7 +1153,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     plan.parent_run_id = record.run_id
     counts = tally(existing)
     missing = max(0, plan.trials - sum(counts.values())) + counts["WAITING"]
-    k = max(1, min(k, missing))
+    k = max(1, min(workers, missing))
     offset = len(existing)  # a resumed study's workers do not replay the seeds (and first points) of before
     seeds = [plan.seed + offset + i for i in range(k)] if missing else []
     record.set_tags({"retort.trials": plan.trials, "retort.workers": len(seeds),
@@ -1154,8 +1167,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     problems: list[str] = []
     try:
         if procs:
-            _send(procs, plan, seeds)
-            problems, signum = _supervise(procs, study_obj, plan, lock)
+            problems, signum = _supervise(_send(procs, plan, seeds), study_obj, plan, lock)
             if signum is not None:
                 for problem in problems:
                     print(f"error: {problem}", file=sys.stderr)
