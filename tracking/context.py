@@ -6,6 +6,7 @@ says TOKEN, KEY, SECRET, PASSWORD or CREDENTIAL are masked in the command line, 
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import shlex
@@ -57,8 +58,11 @@ def command_line(argv: list[str] | None = None) -> str:
     return mask(" ".join(shlex.quote(a) for a in ["retort", *argv[1:]]))
 
 
+@functools.lru_cache(maxsize=1)
 def environment() -> str:
-    """The installed distributions, ``name==version`` sorted (pip freeze's content), with the Python version."""
+    """The installed distributions, ``name==version`` sorted (pip freeze's content), with the Python version.
+
+    Read once per process: a sweep worker records it for every trial."""
     seen: dict[str, str] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
@@ -98,9 +102,16 @@ def git_state(path: Path) -> GitState | None:
 
 
 def code_states(recipe_source: str | None) -> dict[str, GitState]:
-    """The working folder's (or the recipe's) repository as ``git``, retort's own as ``retort.git`` if another."""
+    """The working folder's (or the recipe's) repository as ``git``, retort's own as ``retort.git`` if another.
+
+    Read once per process, working folder and recipe (git runs subprocesses; a sweep worker records many runs)."""
+    return dict(_code_states(str(Path.cwd()), recipe_source))
+
+
+@functools.lru_cache(maxsize=16)
+def _code_states(cwd: str, recipe_source: str | None) -> tuple[tuple[str, GitState], ...]:
     out: dict[str, GitState] = {}
-    user = git_state(Path.cwd())
+    user = git_state(Path(cwd))
     if user is None and recipe_source:
         user = git_state(Path(recipe_source).resolve().parent)
     if user is not None:
@@ -108,7 +119,7 @@ def code_states(recipe_source: str | None) -> dict[str, GitState]:
     own = git_state(Path(__file__).resolve().parent)
     if own is not None and (user is None or own.root != user.root):
         out["retort.git"] = own
-    return out
+    return tuple(out.items())
 
 
 def run_tags(recipe: Any, command: str | None = None) -> dict[str, str]:
