@@ -4,17 +4,20 @@
     .venv/bin/python scripts/bench_sweep.py --quick    # fewer trials and seeds, to try it out
 
 Figures (goals from issue 4):
-- per-trial overhead: a sweep's wall time over the sum of its trials' fit times, digits-mlp trials
-  of about 2 s (the epochs are calibrated to that), no pruning. Measured twice: the engine in a warm
-  process (``tracking.sweep.sweep``: study, parent run, every trial's run, best recipe, importances and
-  plots) and the ``retort sweep`` command as typed (interpreter start and imports included). Goal <= 1.10.
-- workers: trials per minute of ``retort sweep --workers 2`` over ``--workers 1`` (same trials, each
-  worker a fair share of the cores). Goal >= 1.7x on two cores.
+- per-trial overhead: a sweep's wall time over the sum of its trials' fit times, digits-mlp trials of
+  about 2 s (epochs calibrated to that; one torch thread, whose fit times hold steady where two threads
+  on two cores stall whenever anything else runs), no pruning. Twice: the engine in a warm process
+  (``tracking.sweep.sweep``: study, parent run, every trial's run, best recipe, importances, plots), split
+  into the runner's share (``recipes.run`` around the fit) and the sweep's own; and the ``retort sweep``
+  command as typed (interpreter start and imports included). Goal <= 1.10.
+- workers: trials per minute of ``retort sweep --workers 2`` over ``--workers 1``, the same trials; with
+  each worker's fair share of the cores as threads (one worker: torch's default, all cores) and with one
+  thread per trial; pairs run alternately, the median ratio quoted. Goal >= 1.7x on two cores.
 - search: hyperband pruning against no pruning, TPE, the same trial count and seed, digits-mlp with a
-  27-epoch budget; compute = epochs trained (also seconds of fit). Per seed: the unpruned sweep's best
-  validation loss is the target; the figure is the unpruned sweep's total compute over the pruned sweep's
-  compute up to the trial where it first reaches the target ("-" when it never does). Median over seeds.
-  Goal >= 3x.
+  27-epoch budget, one torch thread; compute = epochs trained (seconds of fit also shown). Per seed, the
+  unpruned sweep's best validation loss is the target; the figure is the unpruned sweep's total compute
+  over the pruned sweep's compute up to the trial that first reaches the target (0 when none does).
+  Median over seeds. Goal >= 3x.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def overhead(folder: Path, epochs: int, trials: int) -> dict[str, float]:
     from tracking import sweep as sw
 
     uri = f"sqlite:///{folder / 'overhead.db'}"
-    sets = [f"trainer.max_epochs={epochs}", "sweep.pruner=none", LR_ONLY]
+    sets = [f"trainer.max_epochs={epochs}", "trainer.threads=1", "sweep.pruner=none", LR_ONLY]
     result = sw.sweep("digits-mlp", overrides=sets, trials=trials, study="engine", tracking_uri=uri, quiet=True)
     done = trials_of(result.storage, result.study)
     fits = sum(t.user_attrs["fit_seconds"] for t in done)
@@ -106,7 +109,8 @@ def search(folder: Path, seed: int, trials: int, epochs: int) -> dict[str, float
     runs = {}
     for pruner in ("none", "hyperband"):
         uri = f"sqlite:///{folder / f'search-{seed}-{pruner}.db'}"
-        sets = [f"trainer.max_epochs={epochs}", f"sweep.pruner={pruner}", "sweep.sampler=tpe", SPACE]
+        sets = [f"trainer.max_epochs={epochs}", "trainer.threads=1", f"sweep.pruner={pruner}", "sweep.sampler=tpe",
+                SPACE]
         result = sw.sweep("digits-mlp", overrides=sets, trials=trials, seed=seed, study=f"s{seed}-{pruner}",
                           tracking_uri=uri, quiet=True)
         runs[pruner] = trials_of(result.storage, result.study)
@@ -147,10 +151,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="retort-bench-sweep-") as tmp:
         folder = Path(tmp)
-        epochs = calibrate(folder, 2.0)
-        print(f"digits-mlp: {epochs} epochs take about 2 s to fit here (cpus: {os.cpu_count()})", flush=True)
+        epochs, epochs1 = calibrate(folder, 2.0), calibrate(folder, 2.0, threads=1)
+        print(f"digits-mlp: {epochs} epochs take about 2 s to fit here with torch's threads, {epochs1} with one "
+              f"(cpus: {os.cpu_count()})", flush=True)
         if "overhead" in only:
-            o = overhead(folder, epochs, n_overhead)
+            o = overhead(folder, epochs1, n_overhead)
             rows.append(("sweep wall / sum of fit times, engine (warm process)",
                          f"{o['engine_wall'] / o['engine_fits']:.2f}x",
                          f"{n_overhead} trials: {o['engine_wall']:.1f} s / {o['engine_fits']:.1f} s; "
@@ -163,7 +168,7 @@ def main() -> None:
             print(rows[-2], rows[-1], sep="\n", flush=True)
         if "workers" in only:
             for label, threads, n in (("fair thread shares", None, epochs),
-                                      ("1 thread per trial", 1, calibrate(folder, 2.0, threads=1))):
+                                      ("1 thread per trial", 1, epochs1)):
                 pairs = workers(folder, n, n_workers, threads=threads, repeats=1 if args.quick else 2)
                 ratio = statistics.median(two / one for one, two in pairs)
                 rows.append((f"trials per minute, 2 workers / 1 worker ({label})", f"{ratio:.2f}x",
