@@ -156,7 +156,7 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
             if result.best_checkpoint:
                 record.log_artifact(result.best_checkpoint, "checkpoints")
             record.flush()
-            loss_curves(record, tmp / "loss.png")
+            loss_curves(record, tmp / "loss.svg")
             record.finish("FINISHED")
     except Interrupted as exc:
         if record is not None:

@@ -44,6 +44,19 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def loss_plot(client, run_id: str, folder: Path) -> dict[str, list[tuple[float, float]]]:
+    """The points of each series drawn in the run's ``loss.svg`` (which must be well-formed SVG)."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.parse(client.download_artifacts(run_id, "loss.svg", str(folder))).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for line in root.iter("{http://www.w3.org/2000/svg}polyline"):
+        points = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
+        curves.setdefault(line.get("data-key"), []).extend(points)
+    return curves
+
+
 def test_the_complete_record(client, workdir: Path):
     r = small()
     result = recipes.run(r, quiet=True)
@@ -58,12 +71,16 @@ def test_the_complete_record(client, workdir: Path):
     # the code: retort's own repository (this checkout), commit and dirty flag; a diff when dirty
     assert len(tags["retort.git.commit"]) == 40 and tags["retort.git.dirty"] in ("true", "false")
     files = {f.path for f in client.list_artifacts(result.run_id)}
-    assert {"recipe.yaml", "requirements.txt", "loss.png", "checkpoints"} <= files
+    assert {"recipe.yaml", "requirements.txt", "loss.svg", "checkpoints"} <= files
     assert ("retort.git.diff" in files) == (tags["retort.git.dirty"] == "true")
     env = Path(client.download_artifacts(result.run_id, "requirements.txt", str(workdir))).read_text()
     assert env == environment() and f"torch=={torch.__version__}" in env
-    png = Path(client.download_artifacts(result.run_id, "loss.png", str(workdir))).read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = loss_plot(client, result.run_id, workdir)
+    # every step's loss (7 batches x 4 epochs), and each epoch's average and val loss
+    assert {k: len(v) for k, v in curves.items()} == {"train/loss": 28, "train/loss_epoch": 4, "val/loss": 4}
+    epoch_losses = [v for _, v in history(client, result.run_id, "train/loss_epoch")]
+    heights = [y for _, y in curves["train/loss_epoch"]]  # SVG y grows downwards: a higher loss is drawn higher
+    assert sorted(range(4), key=lambda i: epoch_losses[i]) == sorted(range(4), key=lambda i: -heights[i])
     # the data set as an input, with the split's digest
     [data_input] = run.inputs.dataset_inputs
     from recipes.runner import build
@@ -127,7 +144,7 @@ class _SignalAt(pl.Callback):
 
 
 @pytest.mark.parametrize("epoch, batch", [(1, 3), (1, 6)])  # mid-epoch, and at the epoch's last batch
-def test_interrupt_then_resume_equals_an_uninterrupted_run(client, epoch: int, batch: int):
+def test_interrupt_then_resume_equals_an_uninterrupted_run(client, tmp_path: Path, epoch: int, batch: int):
     whole = recipes.run(small(), quiet=True)
     with pytest.raises(Interrupted):
         recipes.run(small(), quiet=True, callbacks=[_SignalAt(epoch, batch)])
@@ -142,6 +159,8 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(client, epoch: int, b
     assert resumed.metrics == whole.metrics
     for key in ("train/loss", "train/loss_epoch", "val/loss", "lr"):
         assert history(client, resumed.run_id, key) == history(client, whole.run_id, key), key
+    # the resumed run's plot draws its whole history, from before the interruption too
+    assert loss_plot(client, resumed.run_id, tmp_path) == loss_plot(client, whole.run_id, tmp_path / "whole")
 
 
 def test_resume_bad_inputs(client):
@@ -216,3 +235,55 @@ def test_rerun_warns_when_code_or_environment_differ(client, workdir: Path):
     warnings = drift(client, client.get_run(result.run_id), workdir)
     assert any(w.startswith("retort.git commit ") and w.endswith(", 000000000000 in the record") for w in warnings)
     assert any(f"torch 1.0.0 -> {torch.__version__}" in w for w in warnings)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backend: str, tmp_path: Path,
+                                                                          request: pytest.FixtureRequest):
+    """RunRecord.flush writes an SQL store's metric rows itself (one INSERT); MLflow must read back exactly
+    what its own log_batch would have stored: the history, NaN and infinities, the latest values, and a
+    value written twice stored once."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from tracking.record import RunRecord
+
+    if backend == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    else:
+        uri = request.getfixturevalue("postgres_url").replace("postgresql://", "postgresql+psycopg://", 1)
+    records = [RunRecord.start(uri, "insert"), RunRecord.start(uri, "insert")]
+    fast, slow = records
+    for record in records:
+        record.log_series("train/loss", [0.5, 0.25, float("nan"), 0.125], [1, 2, 3, 4])
+        record.log({"val/loss": float("inf"), "val/acc": 0.5}, step=1)
+        record.log({"val/loss": -float("inf"), "val/acc": 0.75}, step=2)
+    fast.flush()
+    slow.client.log_batch(slow.run_id, metrics=slow._buffer)  # MLflow's own path, for comparison
+    slow._buffer = []
+    client = MlflowClient(tracking_uri=uri)
+
+    def stored(run_id: str) -> dict:
+        run = client.get_run(run_id)
+        return {"latest": {k: v for k, v in run.data.metrics.items()},
+                **{key: sorted(((m.step, m.value) for m in client.get_metric_history(run_id, key)), key=str)
+                   for key in ("train/loss", "val/loss", "val/acc")}}
+
+    got, want = stored(fast.run_id), stored(slow.run_id)
+    assert str(got) == str(want)  # str: NaN compares equal to itself only as text
+    assert got["latest"]["val/acc"] == 0.75 and got["latest"]["train/loss"] == 0.125
+    assert [v for _, v in got["val/loss"]] == [1.7976931348623157e308, -1.7976931348623157e308]
+    # writing the same values again stores nothing twice, and a later step moves the latest value on
+    fast.log({"val/acc": 0.875}, step=3)
+    fast.flush()
+    assert len(client.get_metric_history(fast.run_id, "val/acc")) == 3
+    rows = client.get_metric_history(fast.run_id, "train/loss")
+    fast._buffer = [Metric(m.key, m.value, m.timestamp, m.step) for m in rows]
+    fast.flush()
+    assert len(client.get_metric_history(fast.run_id, "train/loss")) == 4
+    assert client.get_run(fast.run_id).data.metrics["val/acc"] == 0.875
+    # a deleted run takes no more values, as with log_batch
+    client.delete_run(fast.run_id)
+    fast.log({"val/acc": 1.0}, step=4)
+    with pytest.raises(Exception, match="must be in the 'active' state"):
+        fast.flush()

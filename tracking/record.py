@@ -18,7 +18,7 @@ from typing import Any
 from .context import mask_value
 from .store import experiment_id, prepare_store
 
-_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+_MAX_METRICS, _MAX_PARAMS = 1000, 100
 
 
 def _load_yaml(path: str) -> Any:
@@ -46,20 +46,23 @@ class RunRecord:
 
     flush_seconds = 5.0
     flush_size = 10_000
+    kept = ("train/loss", "train/loss_epoch", "val/loss")  # series held in memory too, for the loss plot
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str):
+    def __init__(self, client: Any, run_id: str, experiment_id: str, reopened: bool = False):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self._buffer: list[Any] = []
         self._oldest = 0.0  # monotonic time of the oldest buffered value
+        self._kept: dict[str, list[tuple[int, float]]] = {key: [] for key in self.kept}
+        self._reopened = reopened  # values recorded before this process are in the store only
         self.finished = False
 
     @classmethod
     def start(cls, uri: str, experiment: str, *, run_name: str | None = None,
               params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> RunRecord:
         from mlflow import MlflowClient
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         prepare_store(uri)
         client = MlflowClient(tracking_uri=uri)
@@ -75,12 +78,8 @@ class RunRecord:
             random.setstate(state)
         record = cls(client, run.info.run_id, exp_id)
         plist = [Param(k, mask_value(k, param_value(v))) for k, v in (params or {}).items()]
-        for chunk in _chunks(plist, _MAX_PARAMS):
+        for chunk in _chunks(plist, _MAX_PARAMS):  # the tags went in with create_run
             client.log_batch(record.run_id, params=chunk)
-        if tags:
-            tlist = [RunTag(k, str(v)) for k, v in tags.items()]
-            for chunk in _chunks(tlist, _MAX_TAGS):
-                client.log_batch(record.run_id, tags=chunk)
         return record
 
     @classmethod
@@ -115,7 +114,7 @@ class RunRecord:
                               f"recorded recipe (omit RECIPE)", field="--resume")
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "retort.resumed", "true")
-        return cls(client, run_id, run.info.experiment_id), checkpoint
+        return cls(client, run_id, run.info.experiment_id, reopened=True), checkpoint
 
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
         """The data set as an MLflow input (digest, source and sizes), as the MLflow UI shows it."""
@@ -135,6 +134,8 @@ class RunRecord:
         now = int(time.time() * 1000)
         self._note_oldest()
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        for key in self._kept.keys() & metrics.keys():
+            self._kept[key].append((step, float(metrics[key])))
 
     def log_series(self, key: str, values: Iterable[float], steps: Iterable[int]) -> None:
         """Buffer a whole series of one metric (a per-step loss) in one call."""
@@ -142,7 +143,18 @@ class RunRecord:
 
         now = int(time.time() * 1000)
         self._note_oldest()
+        start = len(self._buffer)
         self._buffer.extend(Metric(key, float(v), now, s) for v, s in zip(values, steps))
+        if key in self._kept:
+            self._kept[key].extend((m.step, m.value) for m in self._buffer[start:])
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of ``key`` in step order: the values logged here, and for a resumed run (or a key
+        not held in memory) the whole history, read back from the store after a flush."""
+        if key in self._kept and not self._reopened:
+            return sorted(self._kept[key])
+        self.flush()
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
 
     def _note_oldest(self) -> None:
         if not self._buffer:
@@ -157,6 +169,10 @@ class RunRecord:
     def flush(self) -> None:
         """Write every buffered value now."""
         buffer, self._buffer = self._buffer, []
+        if not buffer:
+            return
+        if _sql_insert(self.client, self.run_id, buffer):
+            return
         for chunk in _chunks(buffer, _MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -182,3 +198,60 @@ class RunRecord:
                 self.set_tags({"retort.failure": reason[:5000]})
         finally:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def _sql_insert(client: Any, run_id: str, metrics: list[Any]) -> bool:
+    """Write ``metrics`` into an SQLite or PostgreSQL store in one transaction of one multi-row INSERT.
+
+    MLflow's ``log_batch`` builds an ORM object per value (about 0.1 ms each: a 2 s trial's 1,000 step
+    values cost 0.1-0.3 s); this writes the same rows into MLflow's own ``metrics`` table, through its
+    own table definition, and updates ``latest_metrics`` with MLflow's own code from each key's most
+    recent value. The checks are MLflow's: the run must be active, each key valid; a value already
+    recorded (same key, step, timestamp and value) is skipped, as ``log_batch`` skips it. Returns False,
+    having written nothing, where this path does not apply (another store, another MLflow), so the caller
+    uses ``log_batch``.
+    """
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from mlflow.utils.validation import _validate_metric
+
+        store = client._tracking_client.store
+        if not isinstance(store, SqlAlchemyStore):
+            return False
+        dialect = store.engine.dialect.name
+        table = SqlMetric.__table__
+        if dialect == "sqlite":
+            statement = table.insert().prefix_with("OR IGNORE")
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            statement = insert(table).on_conflict_do_nothing()
+        else:
+            return False
+        session_maker, get_run = store.ManagedSessionMaker, store._get_run
+        check_active, update_latest = store._check_run_is_active, store._update_latest_metrics_if_necessary
+        sanitize = store.sanitize_metric_value
+    except (ImportError, AttributeError):
+        return False
+    rows, latest = [], {}
+    for m in metrics:
+        if m.key not in latest:
+            _validate_metric(m.key, m.value, m.timestamp, m.step)
+        is_nan, value = sanitize(m.value)
+        row = {"run_uuid": run_id, "key": m.key, "value": value, "timestamp": m.timestamp, "step": m.step,
+               "is_nan": is_nan}
+        rows.append(row)
+        last = latest.get(m.key)
+        if last is None or (m.step, m.timestamp, value) > (last["step"], last["timestamp"], last["value"]):
+            latest[m.key] = row
+    try:
+        session_scope = session_maker(read_only=False)
+    except TypeError:  # MLflow before read_only sessions
+        session_scope = session_maker()
+    with session_scope as session:
+        check_active(get_run(run_uuid=run_id, session=session))
+        session.execute(statement, rows)
+        update_latest([SqlMetric(**row) for row in latest.values()], session)
+        session.commit()
+    return True

@@ -36,7 +36,7 @@ def prepare_store(uri: str) -> None:
     and every run calls it so that concurrent first runs queue instead of racing.
     """
     path = sqlite_path(uri)
-    if path is None:
+    if path is None or (path.exists() and str(path.resolve()) in _prepared):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -44,6 +44,10 @@ def prepare_store(uri: str) -> None:
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _prepared.add(str(path.resolve()))
+
+
+_prepared: set[str] = set()  # database files this process has prepared (each sweep trial's run asks again)
 
 
 def experiment_id(client: Any, uri: str, name: str) -> str:
