@@ -393,7 +393,8 @@ def test_killed_worker_and_interrupted_sweep_resume_with_no_trial_lost(workdir: 
                 return t
         return None
 
-    victim = _wait_for(training, proc, what="a trial in training")
+    # the command's own process is worker 0; kill worker 1, a process of its own
+    victim = _wait_for(lambda: training(exclude=proc.pid), proc, what="a trial in training")
     os.kill(victim.system_attrs["retort:owner"]["pid"], signal.SIGKILL)
     # the parent re-queues the dead worker's trial at once; then Ctrl-C-like SIGTERM stops the sweep
     _wait_for(lambda: study.trials[victim.number].state.name == "FAIL", proc, what="the lost trial re-queued")

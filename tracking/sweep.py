@@ -6,7 +6,8 @@ The engine, as a reader should see it::
     parent   check the recipe's sweep section and every value it can sample (bad input stops here)
              open the study: a journal file next to the MLflow store, or PostgreSQL for many machines
              under the study lock: create or load the study, create or reopen the parent MLflow run
-             run K workers (in this process when K == 1, else K spawned Pythons), forwarding SIGINT/SIGTERM
+             run K workers: this process is worker 0, K - 1 spawned Pythons the others (started first, so
+             that they import torch while this process prepares); forward SIGINT/SIGTERM to them
              retry the trials of workers that died; record the best trial's recipe, importances and plots
     worker   until the study holds N trials:
                  under the study lock: retry lost trials, count, ask     (exactly N over all workers)
@@ -1015,27 +1016,28 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _spawn(k: int) -> list[subprocess.Popen]:
-    """Start ``k`` worker processes, each with a fair share of the CPU threads; :func:`_send` gives them work."""
-    threads = max(1, _cpus() // k)
+def _spawn(n: int, total: int) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes (of ``total`` workers, this process being one), each with a fair share of
+    the CPU threads; :func:`_send` gives them work."""
+    threads = max(1, _cpus() // total)
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     env.pop("RETORT_RUN_ID", None)
     # each in a session of its own: Ctrl-C reaches the parent only, which forwards exactly one signal
     return [subprocess.Popen([sys.executable, "-c", "from tracking.sweep import _worker_main; _worker_main()"],
-                             stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(k)]
+                             stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(n)]
 
 
 def _send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> list[subprocess.Popen]:
-    """Hand worker i its arguments and seed ``seeds[i]``; stop the workers not needed (they have done nothing
-    but import). Returns the workers at work."""
-    threads = max(1, _cpus() // max(1, len(seeds)))
+    """Hand spawned worker i (worker number i + 1; this process is worker 0) its arguments and seed
+    ``seeds[i]``; stop those not needed (they have done nothing but import). Returns the workers at work."""
+    threads = max(1, _cpus() // (len(seeds) + 1))
     used = procs[:len(seeds)] if plan is not None else []
     for i, proc in enumerate(used):
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(pickle.dumps(_WorkerArgs(plan, i, seeds[i], threads, os.getpid())))
+            proc.stdin.write(pickle.dumps(_WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid())))
             proc.stdin.close()
     for proc in procs[len(used):]:
         proc.kill()
@@ -1043,50 +1045,57 @@ def _send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) ->
     return used
 
 
-def _supervise(procs: list[subprocess.Popen], study: Any, plan: Plan, lock: Any) -> tuple[list[str], int | None]:
-    """Wait for the workers, forwarding SIGINT/SIGTERM; re-queue the trials of any that died."""
-    problems: list[str] = []
-    got: list[int] = []
+class _Supervisor(threading.Thread):
+    """Watches the spawned workers from a thread of the parent (whose main thread is worker 0): re-queues
+    the trials of any worker that dies; :meth:`forward` passes SIGINT/SIGTERM on to them."""
 
-    def forward(signum: int, frame: Any) -> None:
-        got.append(signum)
-        for p in procs:
+    def __init__(self, procs: list[subprocess.Popen], plan: Plan):
+        super().__init__(name="retort-supervisor", daemon=True)
+        self.procs, self.plan = procs, plan
+        self.problems: list[str] = []
+        self.signum: int | None = None
+        self._since: float | None = None
+
+    def forward(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum, self._since = signum, time.monotonic()
+        for p in self.procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signum)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    since: float | None = None
-    try:
-        pending = set(range(len(procs)))
+    def wait(self) -> None:
+        while self.is_alive():  # a join that signals can interrupt
+            self.join(0.2)
+
+    def run(self) -> None:
+        if not self.procs:
+            return
+        import optuna
+
+        plan = self.plan
+        study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage))
+        lock = study_lock(plan.storage, plan.study)  # its own: a lock is not shared between threads
+        pending = set(range(len(self.procs)))
         while pending:
             time.sleep(0.2)
-            if got and since is None:
-                since = time.monotonic()
-            if since is not None and time.monotonic() - since > 60:
+            if self._since is not None and time.monotonic() - self._since > 60:
                 for i in pending:  # a worker that ignores the signal for a minute is stopped hard
                     with contextlib.suppress(ProcessLookupError):
-                        procs[i].kill()
+                        self.procs[i].kill()
             for i in sorted(pending):
-                rc = procs[i].poll()
+                rc = self.procs[i].poll()
                 if rc is None:
                     continue
                 pending.discard(i)
-                if len(pending) == len(procs) - 1:  # a core is free from now on: load what the end needs
-                    threading.Thread(target=_prefetch_analysis, daemon=True).start()
-                if rc == 0 or (got and rc in (128 + got[0], -got[0])):
+                if rc == 0 or (self.signum is not None and rc in (128 + self.signum, -self.signum)):
                     continue
                 how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
-                problems.append(f"worker {i} {how}")
+                problem = f"worker {i + 1} {how}"
                 with lock:
                     for n in reap(study, plan.tracking_uri, plan.experiment):
-                        problems[-1] += f"; its trial {n} is queued to run again"
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    return problems, (got[0] if got else None)
+                        problem += f"; its trial {n} is queued to run again"
+                self.problems.append(problem)
 
 
 def _prefetch_analysis() -> None:
@@ -1130,7 +1139,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     start = time.perf_counter()
     # workers start first: they import torch and Lightning (seconds) while this process checks the input and
     # prepares; they touch nothing before _send hands them their arguments, and are killed on bad input
-    procs = _spawn(workers) if workers > 1 else []
+    procs = _spawn(workers - 1, workers) if workers > 1 else []
     try:
         plan, base = _plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
                            seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet)
@@ -1164,19 +1173,25 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         print(f"sweep {plan.study!r}: {verb}, {sum(counts.values())} of {plan.trials} trials in the study, "
               f"{len(seeds)} worker{'s' * (len(seeds) != 1)}; storage {_display(plan.storage)}; "
               f"parent run {record.run_id}", flush=True)
-    problems: list[str] = []
+    supervisor = _Supervisor(_send(procs, plan, seeds[1:]), plan)  # workers 1..k-1; this process is worker 0
+    supervisor.start()
     try:
-        if procs:
-            problems, signum = _supervise(_send(procs, plan, seeds), study_obj, plan, lock)
-            if signum is not None:
-                for problem in problems:
-                    print(f"error: {problem}", file=sys.stderr)
-                raise Interrupted(signum)
-        elif seeds:
-            study_obj.sampler = make_sampler(base, seeds[0])
-            with _interruptible():
+        with _interruptible():
+            if seeds:
+                if len(seeds) > 1:
+                    import torch
+
+                    torch.set_num_threads(max(1, _cpus() // len(seeds)))
+                study_obj.sampler = make_sampler(base, seeds[0])
                 Worker(plan, 0, seeds[0], study=study_obj).run()
+            if supervisor.is_alive():  # a core is free from now on: load what the end needs
+                threading.Thread(target=_prefetch_analysis, daemon=True).start()
+            supervisor.wait()
     except Interrupted as exc:
+        supervisor.forward(exc.signum)
+        supervisor.wait()
+        for problem in supervisor.problems:
+            print(f"error: {problem}", file=sys.stderr)
         with lock:
             reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
         record.finish("KILLED", f"interrupted by {exc}")
@@ -1185,6 +1200,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         _send(procs, None, [])
         record.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise
+    problems = supervisor.problems
     with lock:
         reap(study_obj, plan.tracking_uri, plan.experiment)
     result = _conclude(study_obj, plan, base, record, problems)
