@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -234,7 +235,7 @@ def test_samplers_and_pruners_by_name(tmp_path: Path):
 
     base = recipes.load(write(tmp_path, TINY))
     for name, cls in (("tpe", "TPESampler"), ("random", "RandomSampler"), ("gp", "GPSampler"),
-                      ("qmc", "QMCSampler"), ("grid", "GridSampler")):
+                      ("cmaes", "CmaEsSampler"), ("qmc", "QMCSampler"), ("grid", "GridSampler")):
         text = TINY.replace("sampler: tpe", f"sampler: {name}").replace("{low: 1.0e-3, high: 1.0e-1, log: true}",
                                                                         "{low: 0.01, high: 0.03, step: 0.01}")
         sampler = sw.make_sampler(recipes.load(write(tmp_path, text, f"{name}.yaml")), 7)
@@ -250,6 +251,28 @@ def test_samplers_and_pruners_by_name(tmp_path: Path):
     for name, cls in (("none", "NopPruner"), ("median", "MedianPruner"), ("percentile", "PercentilePruner"),
                       ("successive_halving", "SuccessiveHalvingPruner")):
         assert type(sw.make_pruner(base, name, {})).__name__ == cls
+
+
+def test_cmaes_searches_a_recipe_space_by_evolution(tmp_path: Path):
+    """cmaes is installed with retort: after its independent start-up trials it samples from its evolving
+    distribution (a generation per trial) and closes in on the optimum of a smooth objective."""
+    import optuna
+
+    text = TINY.replace("sampler: tpe", "sampler: cmaes\n  sampler_args: {n_startup_trials: 4}").replace(
+        "data.batch_size: {choices: [8, 16, 32]}", "model.dropout: {low: 0.0, high: 0.8}")
+    base = recipes.load(write(tmp_path, text))
+    study = optuna.create_study(sampler=sw.make_sampler(base, 3))
+
+    def objective(trial):
+        v = sw.suggest(trial, base)
+        return (math.log10(v["optimizer.lr"]) + 1.5) ** 2 + (v["model.dropout"] - 0.3) ** 2
+
+    study.optimize(objective, n_trials=40)
+    evolved = [t for t in study.trials if any(k.startswith("cma:generation") for k in t.system_attrs)]
+    assert len(evolved) == 36 and not any("cma:generation" in str(t.system_attrs) for t in study.trials[:4])
+    assert study.best_value < 0.01
+    first, last = study.trials[:10], study.trials[-10:]
+    assert statistics.median(t.value for t in last) < statistics.median(t.value for t in first)
 
 
 def test_grid_sweep_with_lr_scaling_stops_when_the_grid_is_done(workdir: Path, client):
