@@ -11,6 +11,7 @@ Exit codes: 0 success; 2 bad input (nothing recorded); 1 a failure during work (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -211,5 +212,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + exc.signum
 
 
+def leave(code: int) -> None:
+    """End the process now with ``code``: exit handlers run and output is flushed, but the interpreter's
+    teardown of torch, Lightning and MLflow (about 2 s on 2 cores, after everything is recorded and closed)
+    is skipped."""
+    import atexit
+    import logging
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe
+            stream.flush()
+    os._exit(code)
+
+
+def entry() -> None:
+    """The ``retort`` console script: :func:`main`, then :func:`leave` (an uncaught exception leaves the
+    normal way, with its traceback)."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
