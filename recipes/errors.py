@@ -37,3 +37,18 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, torch's OutOfMemoryError (CUDA) or its CPU allocator's
+    RuntimeError ("can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def failure(exc: BaseException) -> str:
+    """The one line a failed run records: the exception, with ``out of memory:`` in front when it is one."""
+    text = f"{type(exc).__name__}: {exc}"
+    return f"out of memory: {text}" if out_of_memory(exc) else text

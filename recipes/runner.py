@@ -17,7 +17,7 @@ from typing import Any
 
 import plugins
 
-from .errors import Interrupted, RecipeError, RunFailed
+from .errors import Interrupted, RecipeError, RunFailed, failure, out_of_memory
 from .schema import Recipe, plugin_spec
 
 
@@ -115,7 +115,15 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     if recipe.trainer["threads"]:
         torch.set_num_threads(recipe.trainer["threads"])
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
-    built = build(recipe)
+    try:
+        built = build(recipe)
+    except (RecipeError, Interrupted):
+        raise
+    except Exception as exc:
+        if out_of_memory(exc):  # the model or data does not fit: a failure, not bad input
+            raise RunFailed(f"{failure(exc)} (building the model and data, before anything was recorded)",
+                            None) from exc
+        raise
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
     with tempfile.TemporaryDirectory(prefix="retort-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -168,8 +176,8 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
     except Exception as exc:
         if record is not None:
             monitor and monitor.stop()
-            record.finish("FAILED", f"{type(exc).__name__}: {exc}")
-        raise RunFailed(f"{type(exc).__name__}: {exc}", run_id) from exc
+            record.finish("FAILED", failure(exc))
+        raise RunFailed(failure(exc), run_id) from exc
     except BaseException as exc:  # SystemExit and the like: never leave the run RUNNING
         if record is not None:
             record.finish("KILLED", f"{type(exc).__name__}: {exc}")

@@ -172,6 +172,14 @@ def test_an_exception_in_training_fails_the_run(client, monkeypatch):
     assert run.info.status == "FAILED" and "boom in step" in run.data.tags["retort.failure"]
 
 
+def test_a_model_too_large_for_memory_fails_saying_so(client):
+    """64 x 10^12 weights (256 TB) cannot be allocated: a failure (exit 1), not bad input, before any record."""
+    with pytest.raises(RunFailed) as info:
+        recipes.run(tiny(model={"name": "mlp", "hidden": [10**12]}), quiet=True)
+    assert str(info.value).startswith("out of memory: RuntimeError") and "can't allocate memory" in str(info.value)
+    assert info.value.run_id is None and all_runs(client) == []
+
+
 @pytest.mark.parametrize("changes, field, words", [
     ({"loss": "logitbinarycrossentropy"}, "loss.name", ["binary", "10 classes", "logitcrossentropy"]),
     ({"loss": "mse"}, "loss.name", ["regression", "multiclass"]),

@@ -344,6 +344,28 @@ def test_pruned_and_failed_trials_are_recorded_and_the_sweep_goes_on(workdir: Pa
     assert client.get_run(result.parent_run_id).data.metrics["trials_failed"] == 3
 
 
+def test_a_trial_out_of_memory_is_recorded_failed_and_the_sweep_goes_on(workdir: Path, client):
+    """A model too large for memory fails while it is built, before the runner records anything: the trial
+    still gets its FAILED child run, saying out of memory, and the next trial runs."""
+    import optuna
+
+    text = TINY.replace("    data.batch_size: {choices: [8, 16, 32]}\n",
+                        "    model.hidden: {choices: [[8], [1000000000000]]}\n")
+    path = write(workdir, text)
+    journal = sw.default_journal(os.environ["MLFLOW_TRACKING_URI"], "tiny")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="tiny", storage=sw.open_storage(str(journal)))
+    for hidden in ([1000000000000], [8]):  # 64 x 10^12 weights: 256 TB
+        study.enqueue_trial({"optimizer.lr": 0.01, "model.hidden": json.dumps(hidden)})
+    result = sw.sweep(path, trials=2, quiet=True)
+    study = journal_study(workdir, "tiny")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"] and result.ok and result.best_trial == 1
+    runs = check_records(client, study, result.parent_run_id)
+    reason = runs[0].data.tags["retort.failure"]
+    assert runs[0].info.status == "FAILED" and reason.startswith("out of memory: RuntimeError")
+    assert "can't allocate memory" in reason and study.trials[0].user_attrs["failure"] == reason
+
+
 # --- workers, resuming, crashes -----------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from recipes.cli import leave
-from recipes.errors import Interrupted, RecipeError, RunFailed
+from recipes.errors import Interrupted, RecipeError, RunFailed, failure
 
 HELP = "Optuna sweep of a recipe's sweep section: one MLflow child run per trial, crash-safe, one machine or many"
 EXAMPLES = """examples:
@@ -870,11 +870,14 @@ class Worker:
             self._finish(trial, "FAIL", None, reason, self._failed_run(trial, values, tags, reason), values)
             return
         except RunFailed as exc:  # exception, non-finite loss, out of memory: recorded FAILED by the runner
-            self._finish(trial, "FAIL", None, str(exc), exc.run_id or (pruning.run_id if pruning else None), values)
+            run_id = exc.run_id or (pruning.run_id if pruning else None)
+            reason = str(exc)  # no run when it failed before recording (out of memory building the model)
+            self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values)
             return
         except Exception as exc:  # an error outside training (storage, record): fail the trial, go on
-            self._finish(trial, "FAIL", None, f"{type(exc).__name__}: {exc}", pruning.run_id if pruning else None,
-                         values, close=True)
+            run_id, reason = (pruning.run_id if pruning else None), failure(exc)
+            self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values,
+                         close=run_id is not None)
             return
         finally:
             self._after_trial()
