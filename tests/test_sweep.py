@@ -172,6 +172,8 @@ def test_bad_space_stops_before_anything_is_recorded(workdir: Path, client, swee
     ({"trials": 0}, "--trials", "at least 1"),
     ({"workers": 0}, "--workers", "at least 1"),
     ({"heartbeat": 0}, "--heartbeat", "above 0"),
+    ({"patience": -1.0}, "--storage-patience", "0 seconds or more"),
+    ({"patience": math.nan}, "--storage-patience", "0 seconds or more"),
     ({"storage": "redis://localhost/0"}, "--storage", "postgresql://"),
     ({"storage": "sqlite:///study.db", "workers": 2}, "--storage", "database is locked"),
 ])
@@ -495,3 +497,79 @@ def test_two_independent_processes_share_a_postgres_study(workdir: Path, client,
     parents = {last_lines(o[0])[2] for o in outs}
     assert len(parents) == 1  # the second command found the study's parent run
     check_records(client, study, parents.pop())
+
+
+def _postgres(action: str) -> None:
+    """Stop or start the machine's PostgreSQL cluster for real (the study's database goes down and up)."""
+    from tests.conftest import REPO
+
+    if action == "start":
+        subprocess.run([str(REPO / "scripts" / "postgres")], check=True, capture_output=True)
+        return
+    version = sorted(os.listdir("/usr/lib/postgresql"), key=float)[-1]
+    subprocess.run(["pg_ctlcluster", version, "main", "stop", "-m", "fast"], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(workdir: Path, client,
+                                                                              postgres_url: str):
+    """PostgreSQL stopped for real in the middle of a trial: a restart within --storage-patience is waited
+    out and the sweep finishes; an outage longer than that stops it with one line and exit 1, and the same
+    command then finishes the study with no trial lost."""
+    import optuna
+
+    text = TINY.replace("data: {name: wine, batch_size: 16}", "data: {name: digits, batch_size: 16}").replace(
+        "max_epochs: 3", "max_epochs: 6").replace(
+        "pruner: median\n  pruner_args: {n_startup_trials: 1}", "pruner: none").replace(
+        "\n    data.batch_size: {choices: [8, 16, 32]}", "")
+    write(workdir, text)
+    exe = Path(sys.executable).with_name("retort")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def sweep_cmd(study: str, patience: float) -> list[str]:
+        return [str(exe), "sweep", "tiny.yaml", "--storage", postgres_url, "--study", study, "--trials", "3",
+                "--storage-patience", str(patience), "-q"]
+
+    def training(study: str):
+        try:
+            loaded = optuna.load_study(study_name=study, storage=postgres_url)
+        except KeyError:
+            return None
+        return [t for t in loaded.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.intermediate_values]
+
+    for study, patience, down in (("restart", 60, 4.0), ("outage", 3, None)):
+        proc = subprocess.Popen(sweep_cmd(study, patience), cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(lambda s=study: training(s), proc, what="a trial in training")
+            _postgres("stop")
+            if down is not None:
+                time.sleep(down)
+                _postgres("start")
+                out, err = proc.communicate(timeout=300)
+            else:
+                out, err = proc.communicate(timeout=300)
+                _postgres("start")
+        finally:
+            _postgres("start")
+            if proc.poll() is None:
+                proc.kill()
+        assert "is unreachable" in err and "Traceback" not in err, err
+        loaded = optuna.load_study(study_name=study, storage=postgres_url)
+        if down is not None:  # waited out: the sweep finished as if nothing happened
+            assert proc.returncode == 0, err
+            assert [t.state.name for t in loaded.trials] == ["COMPLETE"] * 3
+            check_records(client, loaded, last_lines(out)[2])
+        else:  # stopped: one clear line, exit 1; the same command finishes the study
+            assert proc.returncode == 1
+            [line] = [x for x in err.splitlines() if x.startswith("error:")]
+            assert f"was unreachable for {patience:g} s" in line and "run the same command again" in line
+            again = subprocess.run(sweep_cmd(study, patience), cwd=workdir, env=env, capture_output=True, text=True)
+            assert again.returncode == 0, again.stderr
+            loaded = optuna.load_study(study_name=study, storage=postgres_url)
+            counted = [t for t in loaded.trials if "retort:retried" not in t.system_attrs]
+            assert len(counted) == 3 and all(t.state.name == "COMPLETE" for t in counted)
+            lost = [t for t in loaded.trials if "retort:retried" in t.system_attrs]
+            [repeat] = [t for t in loaded.trials if t.user_attrs.get("retry_of") == lost[0].number]
+            assert len(lost) == 1 and repeat.params == lost[0].params and repeat.state.name == "COMPLETE"
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]

@@ -87,6 +87,7 @@ RUN_ID = "mlflow_run_id"        # user attr: the trial's MLflow run
 RETRY_OF = "retry_of"           # user attr: the number of the trial this one repeats
 FAILURE = "failure"             # user attr: why the trial failed
 GRACE_BEATS = 6                 # a trial is lost after this many missed heartbeats
+PATIENCE = 120.0                # seconds a sweep waits for its study storage to come back before it stops
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -110,14 +111,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                         help=f"heartbeat of a running trial; a trial silent for {GRACE_BEATS} beats is retried "
                              "(a dead worker on this machine is seen at once; default 10)")
+    parser.add_argument("--storage-patience", type=float, default=PATIENCE, metavar="SECONDS",
+                        help="how long to wait out an unreachable study storage (database restarting, network or "
+                             f"disk trouble) before stopping; the same command resumes (default {PATIENCE:g})")
 
 
 def main(args: argparse.Namespace) -> int:
     from tracking.context import command_line
 
-    result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
-                   storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
-                   tracking_uri=args.tracking_uri, quiet=args.quiet, command=command_line())
+    try:
+        result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
+                       storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
+                       patience=args.storage_patience, tracking_uri=args.tracking_uri, quiet=args.quiet,
+                       command=command_line())
+    except StorageUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not args.quiet:
         c = result.counts
         print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed of {result.trials} "
@@ -149,6 +158,7 @@ class Plan:
     command: str
     quiet: bool = False
     parent_run_id: str = ""
+    patience: float = PATIENCE   # seconds to wait out an unreachable study storage
 
     def base(self) -> Any:
         from recipes.schema import resolve
@@ -179,7 +189,7 @@ class SweepResult:
 
 def _plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, workers: int, storage: str | None,
           study: str | None, seed: int | None, heartbeat: float, tracking_uri: str | None, command: str | None,
-          quiet: bool) -> tuple[Plan, Any]:
+          quiet: bool, patience: float = PATIENCE) -> tuple[Plan, Any]:
     import recipes
     from recipes.schema import Recipe, resolve
     from recipes.yamlio import load_file
@@ -213,6 +223,8 @@ def _plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, workers:
             raise RecipeError(f"must be at least {low}, got {value}", field=name)
     if not heartbeat > 0:
         raise RecipeError(f"must be above 0 seconds, got {heartbeat}", field="--heartbeat")
+    if not patience >= 0:
+        raise RecipeError(f"must be 0 seconds or more, got {patience}", field="--storage-patience")
     study_name = study if study is not None else base.name
     if not study_name.strip():
         raise RecipeError("the study name is empty", field="--study")
@@ -225,7 +237,7 @@ def _plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, workers:
     plan = Plan(raw=raw, source=source, study=study_name, storage=target, tracking_uri=uri,
                 experiment=base.tracking["experiment"] or base.name,
                 trials=trials if trials is not None else sweep_spec["trials"], seed=sampler_seed,
-                heartbeat=float(heartbeat), command=command or "", quiet=quiet)
+                heartbeat=float(heartbeat), command=command or "", quiet=quiet, patience=float(patience))
     return plan, base
 
 
@@ -514,23 +526,87 @@ def _display(target: str) -> str:
     return mask(target)
 
 
-def open_storage(target: str) -> Any:
+def open_storage(target: str, patience: float = PATIENCE) -> Any:
     """An Optuna storage for ``target``: a journal file, or an RDB whose connections are checked before use
-    (PostgreSQL closes idle ones; Optuna pre-pings only MySQL)."""
+    (PostgreSQL closes idle ones; Optuna pre-pings only MySQL). Once open, every call on it rides out an
+    outage (database restarting, network down, disk full) of up to ``patience`` seconds; see
+    :func:`patiently`. A storage that cannot be opened at all is bad input."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     if _kind(target) == "journal":
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(target))
+        return _patient(optuna.storages.JournalStorage(JournalFileBackend(target)), target, patience)
     try:
         if _kind(target) == "postgresql":
             with _PostgresLock(target, ""):  # processes creating Optuna's tables at once would collide
-                return optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
-        return optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+                storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
+        else:
+            storage = optuna.storages.RDBStorage(target, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:
         raise RecipeError(f"cannot open the study storage {_display(target)}: {type(exc).__name__}: {exc}",
                           field="--storage") from None
+    return _patient(storage, target, patience)
+
+
+
+class StorageUnavailable(RuntimeError):
+    """The study storage stayed unreachable for the whole patience: the sweep stops (exit 1); every finished
+    trial is recorded, and the same command resumes."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """An outage worth waiting out: a database connection lost or refused, a full or failing disk."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return True
+    names = {c.__module__.split(".", 1)[0] + "." + c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"sqlalchemy.OperationalError", "sqlalchemy.InterfaceError", "psycopg.OperationalError",
+                         "psycopg2.OperationalError", "optuna.StorageInternalError"})
+
+
+def patiently(call: Any, target: str, patience: float = PATIENCE) -> Any:
+    """``call()``, retried with growing pauses (0.5 s to 5 s) while it fails with an outage
+    (:func:`_transient`), for up to ``patience`` seconds; then :class:`StorageUnavailable`."""
+    deadline, pause = None, 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            what = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + patience
+                print(f"warning: the study storage {_display(target)} is unreachable ({what}); retrying for up to "
+                      f"{patience:g} s", file=sys.stderr, flush=True)
+            if now >= deadline:
+                raise StorageUnavailable(f"the study storage {_display(target)} was unreachable for {patience:g} s "
+                                         f"({what}); every finished trial is recorded: run the same command again "
+                                         "to resume") from None
+            time.sleep(min(pause, max(0.0, deadline - now)))
+            pause = min(pause * 2, 5.0)
+
+
+def _patient(storage: Any, target: str, patience: float) -> Any:
+    """``storage`` with each of Optuna's storage methods made :func:`patiently` (same object, same class)."""
+    import functools
+
+    import optuna
+
+    for name in dir(optuna.storages.BaseStorage):
+        if name.startswith("_") or not callable(getattr(storage, name, None)):
+            continue
+        method = getattr(storage, name)
+
+        @functools.wraps(method)
+        def wrapper(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            return patiently(lambda: _method(*args, **kwargs), target, patience)
+
+        setattr(storage, name, wrapper)
+    return storage
 
 
 class _FileLock:
@@ -554,8 +630,9 @@ class _FileLock:
 class _PostgresLock:
     """A PostgreSQL advisory lock per study (the server releases it if the holder's connection drops)."""
 
-    def __init__(self, url: str, study: str):
+    def __init__(self, url: str, study: str, patience: float = PATIENCE):
         self.dsn = "postgresql://" + url.split("://", 1)[1]  # libpq reads SQLAlchemy's URL without the driver
+        self.patience = patience
         self.key = int.from_bytes(hashlib.sha1(f"retort:{study}".encode()).digest()[:8], "big", signed=True)
         self._conn: Any = None
 
@@ -574,7 +651,7 @@ class _PostgresLock:
                     raise
 
     def __enter__(self) -> _PostgresLock:
-        self._execute("SELECT pg_advisory_lock(%s)")
+        patiently(lambda: self._execute("SELECT pg_advisory_lock(%s)"), self.dsn, self.patience)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -582,11 +659,11 @@ class _PostgresLock:
             self._execute("SELECT pg_advisory_unlock(%s)")
 
 
-def study_lock(target: str, study: str) -> Any:
+def study_lock(target: str, study: str, patience: float = PATIENCE) -> Any:
     """The lock under which workers count and ask, so that a study gets exactly N trials."""
     kind = _kind(target)
     if kind == "postgresql":
-        return _PostgresLock(target, study)
+        return _PostgresLock(target, study, patience)
     if kind == "sqlite":
         db = Path(target.split("://", 1)[1][1:].split("?", 1)[0])  # sqlite:///rel.db, sqlite:////abs.db
         return _FileLock(db.with_name(f"{db.name}.{_safe_name(study)}.retort-lock"))
@@ -775,10 +852,10 @@ class Worker:
         self.base = plan.base()
         self.metric = self.base.sweep["metric"]
         if study is None:
-            study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage),
+            study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage, plan.patience),
                                       sampler=make_sampler(self.base, seed), pruner=make_pruner(self.base))
         self.study = study
-        self.lock = study_lock(plan.storage, plan.study)
+        self.lock = study_lock(plan.storage, plan.study, plan.patience)
         self.owner = {**_identity(), "worker": index, "seed": seed, "heartbeat": plan.heartbeat}
         self.current: Any = None
         self.ran = 0
@@ -870,6 +947,8 @@ class Worker:
             self._finish(trial, "FAIL", None, reason, self._failed_run(trial, values, tags, reason), values)
             return
         except RunFailed as exc:  # exception, non-finite loss, out of memory: recorded FAILED by the runner
+            if isinstance(exc.__cause__, StorageUnavailable):  # the study is out of reach: stop, resume later
+                raise exc.__cause__ from None
             run_id = exc.run_id or (pruning.run_id if pruning else None)
             reason = str(exc)  # no run when it failed before recording (out of memory building the model)
             self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values)
@@ -1004,6 +1083,9 @@ def _worker_main() -> None:
     except RecipeError as exc:
         print(f"error: worker {index}: {exc}", file=sys.stderr)
         leave(2)
+    except StorageUnavailable as exc:
+        print(f"error: worker {index}: {exc}", file=sys.stderr)
+        leave(1)
     leave(0)
 
 
@@ -1096,8 +1178,8 @@ class _Supervisor(threading.Thread):
         import optuna
 
         plan = self.plan
-        study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage))
-        lock = study_lock(plan.storage, plan.study)  # its own: a lock is not shared between threads
+        study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage, plan.patience))
+        lock = study_lock(plan.storage, plan.study, plan.patience)  # its own: a lock is not shared between threads
         pending = set(range(len(self.procs)))
         while pending:
             time.sleep(0.2)
@@ -1152,7 +1234,8 @@ def _interruptible() -> Iterator[None]:
 
 def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, workers: int = 1,
           storage: str | None = None, study: str | None = None, seed: int | None = None, heartbeat: float = 10.0,
-          tracking_uri: str | None = None, quiet: bool = False, command: str | None = None) -> SweepResult:
+          tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
+          patience: float = PATIENCE) -> SweepResult:
     """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
 
     Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
@@ -1164,16 +1247,17 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     procs = _spawn(workers - 1, workers) if workers > 1 else []
     try:
         plan, base = _plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
-                           seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet)
+                           seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet,
+                           patience=patience)
     except BaseException:
         _send(procs, None, [])
         raise
     from .store import prepare_store
 
     _quiet_optuna()
-    lock = study_lock(plan.storage, plan.study)
+    lock = study_lock(plan.storage, plan.study, plan.patience)
     try:
-        opened = open_storage(plan.storage)
+        opened = open_storage(plan.storage, plan.patience)
         prepare_store(plan.tracking_uri)  # create/migrate the MLflow store once, before any worker writes to it
         with lock:
             study_obj, existing = _open_study(opened, plan, base)
