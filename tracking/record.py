@@ -249,9 +249,12 @@ def _sql_insert(client: Any, run_id: str, metrics: list[Any]) -> bool:
         session_scope = session_maker(read_only=False)
     except TypeError:  # MLflow before read_only sessions
         session_scope = session_maker()
-    with session_scope as session:
-        check_active(get_run(run_uuid=run_id, session=session))
-        session.execute(statement, rows)
-        update_latest([SqlMetric(**row) for row in latest.values()], session)
-        session.commit()
+    try:
+        with session_scope as session:  # one transaction: on any error nothing is written
+            check_active(get_run(run_uuid=run_id, session=session))
+            session.execute(statement, rows)
+            update_latest([SqlMetric(**row) for row in latest.values()], session)
+            session.commit()
+    except (TypeError, AttributeError):  # another MLflow's internals: let log_batch write them
+        return False
     return True
