@@ -117,10 +117,8 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     try:
         built = build(recipe)
-    except (RecipeError, Interrupted):
-        raise
     except Exception as exc:
-        if out_of_memory(exc):  # the model or data does not fit: a failure, not bad input
+        if out_of_memory(exc) and not isinstance(exc, RecipeError):  # it does not fit: a failure, not bad input
             raise RunFailed(f"{failure(exc)} (building the model and data, before anything was recorded)",
                             None) from exc
         raise

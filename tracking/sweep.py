@@ -549,7 +549,6 @@ def open_storage(target: str, patience: float = PATIENCE) -> Any:
     return _patient(storage, target, patience)
 
 
-
 class StorageUnavailable(RuntimeError):
     """The study storage stayed unreachable for the whole patience: the sweep stops (exit 1); every finished
     trial is recorded, and the same command resumes."""
