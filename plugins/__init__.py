@@ -40,13 +40,13 @@ ARITY: dict[str, int] = {
     "loss": 0, "optimizer": 1, "scheduler": 1, "callback": 0, "model": 1, "data": 0, "metric": 1,
 }
 _BUILTIN_MODULES: dict[str, str] = {
-    "loss": "plugins.losses",
-    "optimizer": "plugins.optimizers",
-    "scheduler": "plugins.schedulers",
-    "callback": "plugins.callbacks",
-    "model": "plugins.models",
-    "data": "plugins.data",
-    "metric": "plugins.metrics",
+    "loss": "retort.plugins.losses",
+    "optimizer": "retort.plugins.optimizers",
+    "scheduler": "retort.plugins.schedulers",
+    "callback": "retort.plugins.callbacks",
+    "model": "retort.plugins.models",
+    "data": "retort.plugins.data",
+    "metric": "retort.plugins.metrics",
 }
 ENTRY_POINT_GROUP = "retort.plugins"
 

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-from . import PluginError, register
+from retort.plugins import PluginError, register
 
 
 class NonFiniteLoss(RuntimeError):
@@ -142,7 +142,7 @@ class Throttle(pl.Callback):
 @register("callback", "throttle")
 def throttle(*, seconds: float = 10.0, callback: str | dict[str, Any] = "print_loss") -> pl.Callback:
     """Run another callback's per-batch hook at most once every `seconds` (Flux `throttle(f, s)`)."""
-    from . import build
+    from retort.plugins import build
 
     if seconds <= 0:
         raise PluginError(f"seconds must be > 0, got {seconds}", field="seconds")

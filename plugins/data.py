@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from plugins import PluginError, did_you_mean, register
+from retort.plugins import PluginError, did_you_mean, register
 
 TASKS = ("multiclass", "binary", "regression")
 # An integer-valued target with at most this many distinct values is read as class labels (task "auto").

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from plugins import PluginError, register
+from retort.plugins import PluginError, register
 
 Agg = Literal["mean", "sum", "none"]
 

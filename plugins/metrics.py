@@ -27,9 +27,9 @@ from torchmetrics import classification as tmc
 from torchmetrics import regression as tmr
 from torchmetrics.wrappers.abstract import WrapperMetric
 
-import plugins
-from plugins import PluginError, register
-from plugins.data import DataInfo
+from retort import plugins
+from retort.plugins import PluginError, register
+from retort.plugins.data import DataInfo
 
 CLASSIFICATION = ("multiclass", "binary")
 REGRESSION = ("regression",)

@@ -18,8 +18,8 @@ from typing import Literal
 
 from torch import nn
 
-from plugins import PluginError, did_you_mean, register
-from plugins.data import IMAGE_DATASETS, DataInfo
+from retort.plugins import PluginError, did_you_mean, register
+from retort.plugins.data import IMAGE_DATASETS, DataInfo
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

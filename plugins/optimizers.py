@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from plugins import PluginError, add
+from retort.plugins import PluginError, add
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 

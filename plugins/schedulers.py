@@ -48,8 +48,8 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-import plugins
-from plugins import PluginError, register
+from retort import plugins
+from retort.plugins import PluginError, register
 
 Factor = Callable[[int], float]
 

@@ -17,18 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RecipeError
+from retort.plugins.errors import RecipeError
 
 if TYPE_CHECKING:
-    from .runner import RunResult
-    from .schema import Recipe
+    from retort.recipes.runner import RunResult
+    from retort.recipes.schema import Recipe
 
 SHIPPED = Path(__file__).parent / "shipped"
 
 
 def shipped() -> list[tuple[str, str]]:
     """``(name, description)`` of every shipped recipe, sorted by name."""
-    from .yamlio import load_file
+    from retort.recipes.yamlio import load_file
 
     out = []
     for path in sorted(SHIPPED.glob("*.yaml")):
@@ -46,7 +46,7 @@ def find(path_or_name: str | Path) -> Path:
     if candidate.is_file() and path.parent == Path("."):
         return candidate
     names = [p.stem for p in sorted(SHIPPED.glob("*.yaml"))]
-    from plugins import did_you_mean
+    from retort.plugins import did_you_mean
 
     text = str(path_or_name)
     raise RecipeError(f"no recipe file or shipped recipe {text!r}{did_you_mean(text, names)}; "
@@ -55,7 +55,7 @@ def find(path_or_name: str | Path) -> Path:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optimizer.lr=0.01"`` -> ``(["optimizer", "lr"], 0.01)``; the value is read as YAML."""
-    from .yamlio import loads
+    from retort.recipes.yamlio import loads
 
     key, sep, value = text.partition("=")
     key = key.strip()
@@ -70,12 +70,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each ``dotted.path=value`` in ``raw`` (in place); a plugin given by name becomes a mapping."""
-    from .schema import SECTIONS
+    from retort.recipes.schema import SECTIONS
 
     for text in overrides:
         path, value = parse_override(text)
         if path[0] not in SECTIONS:
-            from plugins import did_you_mean
+            from retort.plugins import did_you_mean
 
             raise RecipeError(f"unknown override path {'.'.join(path)!r}{did_you_mean(path[0], SECTIONS)}; "
                               f"top-level fields: {', '.join(SECTIONS)}", field="--set")
@@ -113,8 +113,8 @@ def _index(part: str, node: list[Any], where: str) -> int:
 
 def load(path_or_name: str | Path, overrides: list[str] | None = None) -> Recipe:
     """A validated :class:`~recipes.schema.Recipe` from a file or shipped name, with overrides applied."""
-    from .schema import resolve
-    from .yamlio import load_file
+    from retort.recipes.schema import resolve
+    from retort.recipes.yamlio import load_file
 
     path = find(path_or_name)
     raw = load_file(path)
@@ -128,7 +128,7 @@ def load(path_or_name: str | Path, overrides: list[str] | None = None) -> Recipe
 
 def run(recipe: Recipe, **kwargs: Any) -> RunResult:
     """Train, test and record ``recipe``; see :func:`recipes.runner.run`."""
-    from .runner import run as _run
+    from retort.recipes.runner import run as _run
 
     return _run(recipe, **kwargs)
 

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import Interrupted, RecipeError, RunFailed
+from retort.plugins.errors import Interrupted, RecipeError, RunFailed
 
 EXAMPLES = {
     "run": """examples:
@@ -36,12 +36,12 @@ EXAMPLES = {
 
 
 COMMAND_MODULES = {  # command -> module with HELP, EXAMPLES, add_arguments(parser), main(args)
-    "sweep": "tracking.sweep",
-    "lr-find": "tracking.tune_lr",
-    "batch-size": "tracking.tune_batch",
-    "rerun": "tracking.rerun",
-    "compare": "tracking.compare",
-    "ui": "tracking.ui",
+    "sweep": "retort.recipes.sweep",
+    "lr-find": "retort.recipes.tune_lr",
+    "batch-size": "retort.recipes.tune_batch",
+    "rerun": "retort.recipes.rerun",
+    "compare": "retort.tracking.compare",
+    "ui": "retort.tracking.ui",
 }
 
 
@@ -112,7 +112,7 @@ def _version() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import recipes
+    from retort import recipes
 
     if args.recipe is None and not args.resume:
         raise RecipeError("give a RECIPE (a file or a shipped name; see 'retort recipes')", field="RECIPE")
@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recipe = _recorded_recipe(args)
     else:
         recipe = recipes.load(args.recipe, args.overrides)
-    from .runner import run
+    from retort.recipes.runner import run
 
     try:
         result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet, resume=args.resume)
@@ -143,8 +143,8 @@ def _recorded_recipe(args: argparse.Namespace):
 
     from mlflow import MlflowClient
 
-    from tracking.rerun import recorded_recipe
-    from tracking.store import resolve_uri
+    from retort.recipes.rerun import recorded_recipe
+    from retort.tracking.store import resolve_uri
 
     if args.overrides:
         raise RecipeError("a resumed run keeps its recorded recipe; drop the -s overrides", field="--set")
@@ -157,14 +157,14 @@ def _recorded_recipe(args: argparse.Namespace):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    import recipes
+    from retort import recipes
 
     sys.stdout.write(recipes.load(args.recipe, args.overrides).to_yaml())
     return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    import recipes
+    from retort import recipes
 
     rows = recipes.shipped()
     width = max((len(n) for n, _ in rows), default=0)
@@ -174,7 +174,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    import plugins
+    from retort import plugins
 
     if args.kind is not None and args.kind not in plugins.KINDS:
         raise RecipeError(f"unknown plugin kind {args.kind!r}{plugins.did_you_mean(args.kind, plugins.KINDS)}; "

@@ -16,7 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .errors import Interrupted
+from retort.plugins.errors import Interrupted
 
 
 class Recorder(pl.Callback):
@@ -32,7 +32,7 @@ class Recorder(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
         if self.record is not None:
-            from tracking.context import device_tags
+            from retort.tracking.context import device_tags
 
             self.record.set_tags(device_tags(trainer))
 

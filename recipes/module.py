@@ -30,12 +30,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-import plugins
-from plugins.callbacks import NonFiniteLoss
-from plugins.data import DataInfo, Splits, TensorLoader
-
-from .errors import RecipeError
-from .schema import Recipe, metric_key, plugin_spec
+from retort import plugins
+from retort.plugins.callbacks import NonFiniteLoss
+from retort.plugins.data import DataInfo, Splits, TensorLoader
+from retort.plugins.errors import RecipeError
+from retort.recipes.schema import Recipe, metric_key, plugin_spec
 
 
 def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> Any:
@@ -293,7 +292,7 @@ class RecipeModule(pl.LightningModule):
         optimizer = build_plugin("optimizer", plugin_spec("optimizer", r.optimizer), "optimizer", self.parameters())
         if r.scheduler is None:
             return optimizer
-        from plugins.schedulers import with_warmup
+        from retort.plugins.schedulers import with_warmup
 
         spec = plugin_spec("scheduler", r.scheduler)
         per_epoch = steps_per_epoch(r, self.info, self.world)
@@ -324,7 +323,7 @@ class RecipeModule(pl.LightningModule):
             nn.utils.clip_grad_value_(self.parameters(), o["clip_value"])
         if o["clip_norm"] is not None:
             if o["clip_per_tensor"]:
-                from plugins.optimizers import clip_per_tensor_norm_
+                from retort.plugins.optimizers import clip_per_tensor_norm_
 
                 clip_per_tensor_norm_(self.parameters(), o["clip_norm"])
             else:

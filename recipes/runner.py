@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import plugins
-
-from .errors import Interrupted, RecipeError, RunFailed, failure, out_of_memory
-from .schema import Recipe, plugin_spec
+from retort import plugins
+from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure, out_of_memory
+from retort.recipes.schema import Recipe, plugin_spec
 
 
 @dataclass
@@ -47,9 +46,8 @@ class Built:
 
 def build(recipe: Recipe, world_size: int = 1) -> Built:
     """Load the data and build model, loss, metrics and optimizer; raises :class:`RecipeError` on bad input."""
-    from plugins.data import prepare
-
-    from .module import RecipeData, RecipeModule, build_plugin
+    from retort.plugins.data import prepare
+    from retort.recipes.module import RecipeData, RecipeModule, build_plugin
 
     table = build_plugin("data", plugin_spec("data", recipe.data), "data")
     d = recipe.data
@@ -108,8 +106,8 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     import pytorch_lightning as pl
     import torch
 
-    from tracking import RunRecord, resolve_uri
-    from tracking.context import run_tags
+    from retort.tracking import RunRecord, resolve_uri
+    from retort.tracking.context import run_tags
 
     _quiet_lightning()
     if recipe.trainer["threads"]:
@@ -128,7 +126,7 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
         record, checkpoint = None, None
         if _rank() == 0:
             if resume:
-                record, checkpoint = RunRecord.reopen(uri, resume, tmp, recipe)
+                record, checkpoint = RunRecord.reopen(uri, resume, tmp, lambda path: _same_recipe(recipe, path, resume))
             else:
                 tags = {**run_tags(recipe, command), **recipe.tracking["tags"], **(tags or {})}
                 if parent_run_id:
@@ -144,10 +142,9 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
 def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any],
                   checkpoint: Path | None) -> RunResult:
     """Fit and test, closing the record as FINISHED, FAILED or KILLED whatever happens."""
-    from tracking.plots import loss_curves
-    from tracking.system import SystemMonitor
-
-    from .hooks import SignalGuard
+    from retort.recipes.hooks import SignalGuard
+    from retort.tracking.plots import loss_curves
+    from retort.tracking.system import SystemMonitor
 
     run_id = record.run_id if record is not None else None
     monitor = None
@@ -186,9 +183,8 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
 
 def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> None:
     """What a reviewer needs to re-run it: the resolved recipe, the data's digest, the environment, the code."""
-    from tracking.context import code_states, environment, mask_tree
-
-    from .yamlio import dumps
+    from retort.recipes.yamlio import dumps
+    from retort.tracking.context import code_states, environment, mask_tree
 
     record.log_text(dumps(mask_tree(recipe.to_dict())), "recipe.yaml")
     info = built.splits.info
@@ -199,6 +195,18 @@ def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> Non
     for prefix, state in code_states(recipe.source).items():
         if state.dirty:
             record.log_text(state.diff, "git.diff" if prefix == "git" else f"{prefix}.diff")
+
+
+def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:
+    """Refuse to resume ``run_id`` with a recipe that differs from the one it recorded."""
+    from retort.recipes.schema import resolve
+    from retort.recipes.yamlio import load_file
+
+    recorded = resolve(load_file(recorded_yaml))
+    diff = sorted(k for k, v in recipe.flat().items() if recorded.flat().get(k, v) != v)
+    if diff:
+        raise RecipeError(f"the recipe differs from run {run_id}'s in {', '.join(diff)}; resume it with the "
+                          f"recorded recipe (omit RECIPE)", field="--resume")
 
 
 def _download_checkpoint(uri: str, run_id: str, tmp: Path) -> Path:
@@ -219,7 +227,7 @@ class _Fit:
         import pytorch_lightning as pl
         from pytorch_lightning.callbacks import ModelCheckpoint
 
-        from .hooks import BestWeights, EpochLine, Interruption, Recorder, RunId
+        from retort.recipes.hooks import BestWeights, EpochLine, Interruption, Recorder, RunId
 
         built, tmp = self.built, self.tmp
         recipe, module, datamodule = built.recipe, built.module, built.datamodule

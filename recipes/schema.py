@@ -16,9 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-import plugins
-
-from .errors import RecipeError
+from retort import plugins
+from retort.plugins.errors import RecipeError
 
 
 class _Options(BaseModel):
@@ -193,7 +192,7 @@ class Recipe:
         return {k: copy.deepcopy(getattr(self, k)) for k in SECTIONS}
 
     def to_yaml(self) -> str:
-        from .yamlio import dumps
+        from retort.recipes.yamlio import dumps
 
         return dumps(self.to_dict())
 

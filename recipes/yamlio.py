@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import RecipeError
+from retort.plugins.errors import RecipeError
 
 
 class _Loader(yaml.SafeLoader):

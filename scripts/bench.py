@@ -37,8 +37,8 @@ def hand_written_fit(recipe, splits) -> float:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    import plugins
-    from recipes.schema import plugin_spec
+    from retort import plugins
+    from retort.recipes.schema import plugin_spec
 
     torch.manual_seed(recipe.seed)
     model = plugins.build("model", plugin_spec("model", recipe.model), splits.info)
@@ -66,14 +66,14 @@ def hand_written_fit(recipe, splits) -> float:
 
 
 def retort_fit(recipe, uri: str) -> float:
-    import recipes
+    from retort import recipes
 
     return recipes.run(recipe, tracking_uri=uri, quiet=True).fit_seconds
 
 
 def loop_overhead(name: str, overrides: list[str], repeats: int, uri: str) -> dict:
-    import recipes
-    from recipes.runner import build
+    from retort import recipes
+    from retort.recipes.runner import build
 
     recipe = recipes.load("digits-mlp", overrides)
     splits = build(recipe).splits
@@ -97,7 +97,7 @@ def loop_overhead(name: str, overrides: list[str], repeats: int, uri: str) -> di
 
 
 def tracking_overhead(repeats: int, uri: str) -> dict:
-    import recipes
+    from retort import recipes
 
     on = recipes.load("digits-mlp", ["tracking.log_every_n_steps=1"])
     off = recipes.load("digits-mlp", ["tracking.log_every_n_steps=0"])
@@ -114,10 +114,10 @@ def run_setup(repeats: int, uri: str) -> float:
     """Seconds to create a run's record on an existing store: what MLflow adds before training starts."""
     import tempfile
 
-    import recipes
-    from recipes.runner import _record_context, build
-    from tracking import RunRecord
-    from tracking.context import run_tags
+    from retort import recipes
+    from retort.recipes.runner import _record_context, build
+    from retort.tracking import RunRecord
+    from retort.tracking.context import run_tags
 
     recipe = recipes.load("digits-mlp")
     built = build(recipe)

@@ -38,7 +38,7 @@ def generate(uri: str, experiment: str, runs: int, epochs: int = 20, steps_per_e
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    import recipes
+    from retort import recipes
 
     rng = random.Random(seed)
     client = MlflowClient(tracking_uri=uri)
@@ -99,7 +99,7 @@ PHASES = """
 import gc, io, sys, time
 gc.disable()
 t = [time.perf_counter()]
-from tracking.compare import compare, print_table, select
+from retort.tracking.compare import compare, print_table, select
 from mlflow import MlflowClient
 t.append(time.perf_counter())
 sel = select(sys.argv[1], experiments=[sys.argv[2]])
@@ -169,7 +169,7 @@ def main() -> None:
     print(f"in one process: imports {imports:.2f} s, store and search_runs {read:.2f} s, best values and sorting "
           f"{values:.2f} s, rich table {table:.2f} s")
 
-    from tracking.compare import extremes, select
+    from retort.tracking.compare import extremes, select
 
     sel = select(uri, experiments=["bench"])
     ids = [r.run_id for r in sel.runs]

@@ -48,7 +48,7 @@ LR_ONLY = "sweep.space={optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}}"  
 def trials_of(storage: str, study: str) -> list:
     import optuna
 
-    from tracking import sweep as sw
+    from retort.recipes import sweep as sw
 
     loaded = optuna.load_study(study_name=study, storage=sw.open_storage(storage))
     return sorted(loaded.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -56,7 +56,7 @@ def trials_of(storage: str, study: str) -> list:
 
 def calibrate(folder: Path, target: float, threads: int | None = None) -> int:
     """Epochs of digits-mlp whose fit takes about ``target`` seconds here (with ``threads`` torch threads)."""
-    import recipes
+    from retort import recipes
 
     uri = f"sqlite:///{folder / 'calibrate.db'}"
     sets = ["trainer.max_epochs=20", "tracking.system_metrics=false"]
@@ -76,7 +76,7 @@ def spans(done: list) -> dict[str, float]:
 
 
 def overhead(folder: Path, epochs: int, trials: int) -> dict[str, float]:
-    from tracking import sweep as sw
+    from retort.recipes import sweep as sw
 
     uri = f"sqlite:///{folder / 'overhead.db'}"
     sets = [f"trainer.max_epochs={epochs}", "trainer.threads=1", "sweep.pruner=none", LR_ONLY]
@@ -100,7 +100,7 @@ def workers(folder: Path, epochs: int, trials: int, threads: int | None = None, 
     other processes drifts; each pair is measured side by side). ``threads``: torch threads per trial,
     default each worker's fair share of the cores. Per pair and worker count: the rate while trials run
     (first start to last end) and over the whole command."""
-    from tracking import sweep as sw
+    from retort.recipes import sweep as sw
 
     pairs = []
     for r in range(repeats):
@@ -123,7 +123,7 @@ def workers(folder: Path, epochs: int, trials: int, threads: int | None = None, 
 
 
 def search(folder: Path, seed: int, trials: int, epochs: int) -> dict[str, float]:
-    from tracking import sweep as sw
+    from retort.recipes import sweep as sw
 
     runs = {}
     for pruner in ("none", "hyperband"):

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import recipes
-from recipes.cli import main
-
-from .conftest import all_runs, retort
+from retort import recipes
+from retort.recipes.cli import main
+from tests.conftest import all_runs, retort
 
 FAST = ["-s", "trainer.max_epochs=1", "-s", "model.hidden=[16]"]
 
@@ -114,7 +113,7 @@ def test_a_users_own_mlflow_ui_in_the_folder_shows_the_runs(tmp_path: Path):
 
 def test_third_party_plugins_come_from_the_entry_point_group(tmp_path: Path):
     (tmp_path / "retort_demo_plugin.py").write_text(
-        'import plugins\n\n'
+        'from retort import plugins\n\n'
         '@plugins.register("loss", "scaled_l1", task=("regression",), input="values")\n'
         'def scaled_l1(*, scale: float = 2.0):\n'
         '    "Scaled mean absolute error."\n'
@@ -157,7 +156,7 @@ def test_plugins_lists_every_kind_with_docs_and_origins(capsys):
         assert f"\n{kind} (" in f"\n{out}"
     assert main(["plugins", "optimizer"]) == 0
     out = capsys.readouterr().out
-    assert "  rmsprop " in out and "[plugins.optimizers]" in out
+    assert "  rmsprop " in out and "[retort.plugins.optimizers]" in out
     assert "torch.optim.RMSprop" in out and "[torch.optim]" in out
 
 

@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import recipes
-from recipes.cli import main
-from recipes.schema import resolve
-from tracking.compare import Run, extremes, histories, select, sweep_of
-
-from .conftest import retort
+from retort import recipes
+from retort.recipes.cli import main
+from retort.recipes.schema import resolve
+from retort.tracking.compare import Run, extremes, histories, select, sweep_of
+from tests.conftest import retort
 
 TINY = {
     "name": "tiny",

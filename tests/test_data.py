@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-import plugins
-from plugins import PluginError
-from plugins.data import Table, TensorLoader, prepare, table_digest
+from retort import plugins
+from retort.plugins import PluginError
+from retort.plugins.data import Table, TensorLoader, prepare, table_digest
 
 
 @pytest.fixture(scope="module")

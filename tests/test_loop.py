@@ -9,10 +9,9 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-import plugins
-import recipes
-from recipes.runner import build
-from recipes.schema import plugin_spec, resolve
+from retort import plugins, recipes
+from retort.recipes.runner import build
+from retort.recipes.schema import plugin_spec, resolve
 
 BASE = {
     "seed": 3,

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import plugins
-from plugins.losses import Loss
+from retort import plugins
+from retort.plugins.losses import Loss
 
 
 def loss(name: str, **config) -> Loss:
@@ -473,7 +473,7 @@ def test_bad_config_names_the_field(spec, field):
 
 
 def test_direct_factory_call_validates_agg():
-    from plugins.losses import mse
+    from retort.plugins.losses import mse
 
     with pytest.raises(plugins.PluginError, match="mean, sum, none") as info:
         mse(agg="avg")

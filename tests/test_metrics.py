@@ -3,9 +3,9 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-import plugins
-from plugins import PluginError
-from plugins.data import DataInfo
+from retort import plugins
+from retort.plugins import PluginError
+from retort.plugins.data import DataInfo
 
 MULTI = DataInfo("m", "multiclass", 4, None, 3, 12, 0, 0, ["a", "b", "c"])
 BINARY = DataInfo("b", "binary", 4, None, 1, 12, 0, 0, ["no", "yes"])

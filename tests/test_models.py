@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-import plugins
-from plugins import PluginError
-from plugins.data import DataInfo, prepare
-from plugins.models import ACTIVATIONS
+from retort import plugins
+from retort.plugins import PluginError
+from retort.plugins.data import DataInfo, prepare
+from retort.plugins.models import ACTIVATIONS
 
 
 @pytest.fixture(scope="module")

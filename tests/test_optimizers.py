@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import plugins
-from plugins.optimizers import clip_per_tensor_norm_
+from retort import plugins
+from retort.plugins.optimizers import clip_per_tensor_norm_
 
 # The last element's gradient keeps its sign for four steps then flips: momentum outweighs it there.
 X0 = np.array([0.5, -1.0, 2.0, 0.0, 1.5])
@@ -299,7 +299,7 @@ def test_trajectory_matches_optimisers_jl(name, case, dtype):
 
 
 def test_every_flux_rule_has_a_trajectory_test():
-    flux = {e.name for e in plugins.entries("optimizer") if e.origin == "plugins.optimizers"}
+    flux = {e.name for e in plugins.entries("optimizer") if e.origin == "retort.plugins.optimizers"}
     assert flux == set(REFERENCE) == set(FLUX_DEFAULTS) == set(CUSTOM)
     assert {"descent", "sgd", "momentum", "nesterov", "rprop", "rmsprop", "adam", "radam", "adamax", "oadam",
             "adagrad", "adadelta", "amsgrad", "nadam", "adamw", "adabelief", "lion"} <= flux

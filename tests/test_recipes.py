@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import recipes
-from recipes import RecipeError
-from recipes.schema import resolve
+from retort import recipes
+from retort.recipes import RecipeError
+from retort.recipes.schema import resolve
 
 SHIPPED = [name for name, _ in recipes.shipped()]
 

@@ -14,13 +14,12 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-import recipes
-from recipes import RecipeError
-from recipes.errors import Interrupted
-from recipes.schema import resolve
-from tracking.context import environment, mask, mask_value
-
-from .conftest import REPO, all_runs, retort
+from retort import recipes
+from retort.plugins.errors import Interrupted
+from retort.recipes import RecipeError
+from retort.recipes.schema import resolve
+from retort.tracking.context import environment, mask, mask_value
+from tests.conftest import REPO, all_runs, retort
 
 SMALL = {
     "name": "small", "seed": 5,
@@ -83,7 +82,7 @@ def test_the_complete_record(client, workdir: Path):
     assert sorted(range(4), key=lambda i: epoch_losses[i]) == sorted(range(4), key=lambda i: -heights[i])
     # the data set as an input, with the split's digest
     [data_input] = run.inputs.dataset_inputs
-    from recipes.runner import build
+    from retort.recipes.runner import build
 
     assert data_input.dataset.digest == build(r).splits.digest
     assert (data_input.dataset.name, data_input.dataset.source) == ("wine", "sklearn:wine")
@@ -209,7 +208,7 @@ def test_torchrun_launch_makes_one_run(tmp_path: Path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "recipes.cli", "run",
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "retort.recipes.cli", "run",
                           "wine-momentum", "-s", "trainer.max_epochs=2", "-s", "trainer.devices=2", "-s",
                           "trainer.strategy=ddp", "-s", "trainer.accelerator=cpu", "-q"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -225,7 +224,7 @@ def test_torchrun_launch_makes_one_run(tmp_path: Path):
 
 
 def test_rerun_warns_when_code_or_environment_differ(client, workdir: Path):
-    from tracking.rerun import drift
+    from retort.recipes.rerun import drift
 
     result = recipes.run(small(trainer={"max_epochs": 1, "accelerator": "cpu"}), quiet=True)
     assert not [w for w in drift(client, client.get_run(result.run_id), workdir) if "differs" in w]
@@ -246,7 +245,7 @@ def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backen
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from tracking.record import RunRecord
+    from retort.tracking.record import RunRecord
 
     if backend == "sqlite":
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

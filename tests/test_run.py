@@ -9,12 +9,11 @@ import pytest
 import torch
 import yaml
 
-import recipes
-from recipes import RecipeError
-from recipes.errors import RunFailed
-from recipes.schema import resolve
-
-from .conftest import all_runs
+from retort import recipes
+from retort.plugins.errors import RunFailed
+from retort.recipes import RecipeError
+from retort.recipes.schema import resolve
+from tests.conftest import all_runs
 
 TINY = {
     "name": "tiny",
@@ -42,7 +41,7 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def hand_written_losses(recipe) -> list[list[float]]:
     """The seed's loop in plain PyTorch: same initial weights, same batches, torch.optim.Adam."""
-    from recipes.runner import build
+    from retort.recipes.runner import build
 
     torch.manual_seed(recipe.seed)
     import pytorch_lightning as pl
@@ -128,7 +127,7 @@ def test_the_record_of_a_run(client, workdir: Path):
 
 
 def recipes_param(value) -> str:
-    from tracking.record import param_value
+    from retort.tracking.record import param_value
 
     return param_value(value)
 
@@ -160,7 +159,7 @@ def test_stop_on_nan_stops_at_the_first_bad_batch(client):
 
 
 def test_an_exception_in_training_fails_the_run(client, monkeypatch):
-    from recipes import module
+    from retort.recipes import module
 
     def boom(self, batch, batch_idx):
         raise RuntimeError("boom in step")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-import plugins
-from plugins import PluginError
-from plugins.schedulers import with_warmup
+from retort import plugins
+from retort.plugins import PluginError
+from retort.plugins.schedulers import with_warmup
 
 LR = 0.1
 N = 16

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from .conftest import REPO, retort
+from tests.conftest import REPO, retort
 
 SCRIPT = REPO / "scripts" / "tracking-server"
 SOCKET_DIR = "/var/run/postgresql"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import recipes
+from retort import recipes
 
 QUALITY = {  # recipe: (test metric, at least) -- the figures each description states
     "digits-cnn": ("test/accuracy", 0.97),
@@ -34,8 +34,8 @@ def test_digits_mlp_is_as_accurate_as_sklearn_mlpclassifier(workdir):
     """Same split, same scaling, same hidden sizes: sklearn's best of three seeds is the bar."""
     from sklearn.neural_network import MLPClassifier
 
-    import plugins
-    from plugins.data import prepare
+    from retort import plugins
+    from retort.plugins.data import prepare
 
     r = recipes.load("digits-mlp")
     splits = prepare(plugins.build("data", {"name": "digits"}), val_fraction=r.data["val_fraction"],

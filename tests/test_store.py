@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracking.store import prepare_store, resolve_uri, sqlite_path
+from retort.tracking.store import prepare_store, resolve_uri, sqlite_path
 
 
 def test_resolve_uri_order(monkeypatch):

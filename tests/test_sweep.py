@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import plugins
-import recipes
-from recipes.errors import RecipeError
+from retort import plugins, recipes
+from retort.plugins.errors import RecipeError
+from retort.recipes import sweep as sw
+from retort.tracking.record import param_value
 from tests.conftest import all_runs, retort
-from tracking import sweep as sw
-from tracking.record import param_value
 
 TINY = """\
 name: tiny

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-import recipes
-from recipes.cli import main
-
-from .conftest import all_runs, retort
+from retort import recipes
+from retort.recipes.cli import main
+from tests.conftest import all_runs, retort
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def iris():
-    from tracking.tune_lr import prepare
+    from retort.recipes.tune_lr import prepare
 
     return prepare(recipes.load("iris-rmsprop"))
 
@@ -39,7 +38,7 @@ def _last(out: str, key: str) -> str:
 def test_range_test_is_seeded_leaves_the_weights_and_suggests_inside_the_range(iris):
     import torch
 
-    from tracking.tune_lr import find_lr
+    from retort.recipes.tune_lr import find_lr
 
     before = _weights(iris.module)
     first = find_lr(iris, min_lr=1e-5, max_lr=10.0, steps=40)
@@ -69,7 +68,7 @@ def test_range_test_is_seeded_leaves_the_weights_and_suggests_inside_the_range(i
 
 
 def test_lr_find_command_prints_the_suggestion_saves_a_png_and_records_nothing(workdir, client, capsys, iris):
-    from tracking.tune_lr import find_lr, sig3
+    from retort.recipes.tune_lr import find_lr, sig3
 
     code = main(["lr-find", "iris-rmsprop", "--min-lr", "1e-5", "--steps", "40", "--plot", "iris.png"])
     out = capsys.readouterr().out
@@ -121,7 +120,7 @@ def test_lr_find_console_script_writes_the_default_plot_and_no_store(tmp_path: P
 def test_batch_size_without_a_bound_is_capped_by_the_training_split(iris):
     import torch
 
-    from tracking.tune_batch import find_batch_size
+    from retort.recipes.tune_batch import find_batch_size
 
     before = _weights(iris.module)
     search = find_batch_size(iris)
@@ -140,7 +139,7 @@ def test_batch_size_without_a_bound_is_capped_by_the_training_split(iris):
 
 
 def test_batch_size_respects_a_memory_bound(workdir, client, capsys, iris):
-    from tracking.tune_batch import find_batch_size, power_of_two_floor
+    from retort.recipes.tune_batch import find_batch_size, power_of_two_floor
 
     peaks = find_batch_size(iris).tries
     bound = peaks[32] + 1  # 32 fits, 64 does not
@@ -175,7 +174,7 @@ def test_batch_size_bad_input_exits_2_naming_the_field(workdir, capsys, args, fi
 
 
 def test_sizes_parse_in_decimal_and_binary_units():
-    from tracking.tune_batch import batch_choices, parse_size, power_of_two_floor
+    from retort.recipes.tune_batch import batch_choices, parse_size, power_of_two_floor
 
     assert parse_size("512MB") == 512 * 10**6
     assert parse_size("512MiB") == parse_size("512m") == 512 * 2**20

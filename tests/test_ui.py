@@ -21,9 +21,9 @@ import psutil
 import pytest
 import yaml
 
-import recipes
-from recipes.cli import main
-from recipes.schema import resolve
+from retort import recipes
+from retort.recipes.cli import main
+from retort.recipes.schema import resolve
 
 TINY = {
     "name": "tiny",

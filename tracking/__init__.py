@@ -5,7 +5,7 @@ commands (sweep, lr-find, batch-size, rerun, compare, ui) live in their own modu
 heavy libraries only inside their functions.
 """
 
-from .record import RunRecord
-from .store import DEFAULT_URI, experiment_id, prepare_store, resolve_uri
+from retort.tracking.record import RunRecord
+from retort.tracking.store import DEFAULT_URI, experiment_id, prepare_store, resolve_uri
 
 __all__ = ["DEFAULT_URI", "RunRecord", "experiment_id", "prepare_store", "resolve_uri"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.errors import RecipeError
+from retort.plugins.errors import RecipeError
 
 HELP = "compare runs: the params that differ, each metric's last and best value; CSV; an HTML report"
 EXAMPLES = """examples:
@@ -125,7 +125,7 @@ def _to_run(r: Any) -> Run:
 
 def open_store(uri: str) -> Any:
     """An ``MlflowClient`` on an existing store; a missing store is bad input, never created."""
-    from .store import sqlite_path
+    from retort.tracking.store import sqlite_path
 
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
@@ -684,13 +684,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .store import resolve_uri
+    from retort.tracking.store import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     sel = select(uri, args.run_ids, args.experiment, args.sweep, quiet=args.quiet)
     cmp = compare(sel, args.metric, args.summary, args.group_by_seed)
     if args.html:
-        from .report import write_report
+        from retort.tracking.report import write_report
 
         try:
             path = write_report(cmp, args.html)

@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .context import mask_value
-from .store import experiment_id, prepare_store
+from retort.tracking.context import mask_value
+from retort.tracking.store import experiment_id, prepare_store
 
 _MAX_METRICS, _MAX_PARAMS = 1000, 100
-
-
-def _load_yaml(path: str) -> Any:
-    from recipes.yamlio import load_file
-
-    return load_file(Path(path))
 
 
 def param_value(value: Any) -> str:
@@ -83,17 +77,17 @@ class RunRecord:
         return record
 
     @classmethod
-    def reopen(cls, uri: str, run_id: str, tmp: Path, recipe: Any) -> tuple[RunRecord, Path]:
+    def reopen(cls, uri: str, run_id: str, tmp: Path, check: Callable[[Path], None]) -> tuple[RunRecord, Path]:
         """An interrupted run to continue: its last checkpoint, downloaded into ``tmp``; the run set RUNNING.
 
-        Bad input (exit 2, nothing changed): no such run, a finished run, a run without a checkpoint, or a
-        recipe that differs from the run's recorded one.
+        Bad input (exit 2, nothing changed): no such run, a finished run, a run without a checkpoint, or
+        whatever ``check`` refuses: it is called with the run's recorded ``recipe.yaml`` before anything
+        is changed (the runner compares it with the recipe to resume).
         """
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        from recipes import RecipeError
-        from recipes.schema import resolve
+        from retort.plugins.errors import RecipeError
 
         client = MlflowClient(tracking_uri=uri)
         try:
@@ -107,11 +101,7 @@ class RunRecord:
         except (MlflowException, OSError):
             raise RecipeError(f"run {run_id} ({run.info.status}) has no checkpoint to resume from; only runs "
                               f"stopped by SIGINT/SIGTERM leave one", field="--resume") from None
-        recorded = resolve(_load_yaml(client.download_artifacts(run_id, "recipe.yaml", str(tmp))))
-        diff = sorted(k for k, v in recipe.flat().items() if recorded.flat().get(k, v) != v)
-        if diff:
-            raise RecipeError(f"the recipe differs from run {run_id}'s in {', '.join(diff)}; resume it with the "
-                              f"recorded recipe (omit RECIPE)", field="--resume")
+        check(Path(client.download_artifacts(run_id, "recipe.yaml", str(tmp))))
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "retort.resumed", "true")
         return cls(client, run_id, run.info.experiment_id, reopened=True), checkpoint

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .compare import Comparison, Run, fmt, fmt_mean_std, histories, written_once
+from retort.tracking.compare import Comparison, Run, fmt, fmt_mean_std, histories, written_once
 
 MAX_POINTS = 200  # per series: longer histories are averaged into this many buckets
 MAX_AXES = 12  # parallel coordinates: params beyond this many (least important first) are left out

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recipes.errors import RecipeError
+from retort.plugins.errors import RecipeError
 
 HELP = "serve the MLflow UI over the same store on 127.0.0.1 (and optuna-dashboard for sweeps)"
 EXAMPLES = """examples:
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _store_dir(uri: str) -> Path:
-    from .store import sqlite_path
+    from retort.tracking.store import sqlite_path
 
     path = sqlite_path(uri)
     return path.resolve().parent if path is not None else Path.cwd()
@@ -58,7 +58,7 @@ def _store_dir(uri: str) -> Path:
 
 def _absolute(uri: str) -> str:
     """A relative ``sqlite:///mlflow.db`` made absolute, so the server reads the same file from anywhere."""
-    from .store import sqlite_path
+    from retort.tracking.store import sqlite_path
 
     if uri.startswith(("http://", "https://")):
         raise RecipeError(f"{uri} is an MLflow tracking server, which serves its own UI: open it in a browser",
@@ -171,7 +171,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .store import resolve_uri
+    from retort.tracking.store import resolve_uri
 
     uri = _absolute(resolve_uri(args.tracking_uri))
     host = args.host

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipes.errors import RecipeError
+from retort.plugins.errors import RecipeError
 
 HELP = "learning-rate range test: suggest an lr and a range to centre a sweep on (a probe: records no MLflow run)"
 
@@ -61,7 +61,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_recipe(args: argparse.Namespace) -> Any:
-    import recipes
+    from retort import recipes
 
     return recipes.load(args.recipe, args.overrides)
 
@@ -90,7 +90,7 @@ def prepare(recipe: Any) -> Any:
     import pytorch_lightning as pl
     import torch
 
-    from recipes.runner import _quiet_lightning, build
+    from retort.recipes.runner import _quiet_lightning, build
 
     _quiet_lightning()
     if recipe.trainer["threads"]:
@@ -125,7 +125,7 @@ def sweep_snippet(recipe: Any, path: str, entry: dict[str, Any], purpose: str) -
     """
     import yaml
 
-    from recipes.yamlio import dumps
+    from retort.recipes.yamlio import dumps
 
     space: dict[str, Any] = {}
     for key, value in ((recipe.sweep or {}).get("space") or {}).items():
@@ -239,7 +239,7 @@ def find_lr(built: Any, *, min_lr: float = 1e-7, max_lr: float = 10.0, steps: in
 
     import pytorch_lightning as pl
 
-    from plugins.callbacks import NonFiniteLoss
+    from retort.plugins.callbacks import NonFiniteLoss
 
     if not min_lr < max_lr:
         raise RecipeError(f"--min-lr ({min_lr:g}) must be below --max-lr ({max_lr:g})", field="--min-lr")

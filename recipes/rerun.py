@@ -30,9 +30,9 @@ def recorded_recipe(client: Any, run_id: str, tmp: Path) -> Any:
     """The run's resolved recipe, from its ``recipe.yaml`` artifact; an unknown run is bad input."""
     from mlflow.exceptions import MlflowException
 
-    from recipes import RecipeError
-    from recipes.schema import resolve
-    from recipes.yamlio import load_file
+    from retort.recipes import RecipeError
+    from retort.recipes.schema import resolve
+    from retort.recipes.yamlio import load_file
 
     try:
         client.get_run(run_id)
@@ -51,7 +51,7 @@ def drift(client: Any, run: Any, tmp: Path) -> list[str]:
     """Warnings when this code or environment differs from the record's."""
     from mlflow.exceptions import MlflowException
 
-    from .context import code_states, environment, version
+    from retort.tracking.context import code_states, environment, version
 
     tags = run.data.tags
     out = []
@@ -100,9 +100,8 @@ def compare(recorded: dict[str, float], now: dict[str, float]) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    import recipes
-
-    from .store import resolve_uri
+    from retort import recipes
+    from retort.tracking.store import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     client = MlflowClient(tracking_uri=uri)
@@ -111,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         run = client.get_run(args.run_id)
         for warning in drift(client, run, Path(tmp)):
             print(f"warning: {warning}", file=sys.stderr)
-    from recipes.errors import RunFailed
+    from retort.plugins.errors import RunFailed
 
     try:
         result = recipes.run(recipe, tracking_uri=uri, quiet=args.quiet, tags={"retort.rerun_of": args.run_id})

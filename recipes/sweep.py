@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipes.cli import leave
-from recipes.errors import Interrupted, RecipeError, RunFailed, failure
+from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure
+from retort.recipes.cli import leave
 
 HELP = "Optuna sweep of a recipe's sweep section: one MLflow child run per trial, crash-safe, one machine or many"
 EXAMPLES = """examples:
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tracking.context import command_line
+    from retort.tracking.context import command_line
 
     try:
         result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
@@ -161,7 +161,7 @@ class Plan:
     patience: float = PATIENCE   # seconds to wait out an unreachable study storage
 
     def base(self) -> Any:
-        from recipes.schema import resolve
+        from retort.recipes.schema import resolve
 
         return resolve(copy.deepcopy(self.raw), source=self.source, default_name=self.raw["name"])
 
@@ -190,11 +190,10 @@ class SweepResult:
 def _plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, workers: int, storage: str | None,
           study: str | None, seed: int | None, heartbeat: float, tracking_uri: str | None, command: str | None,
           quiet: bool, patience: float = PATIENCE) -> tuple[Plan, Any]:
-    import recipes
-    from recipes.schema import Recipe, resolve
-    from recipes.yamlio import load_file
-
-    from .store import resolve_uri
+    from retort import recipes
+    from retort.recipes.schema import Recipe, resolve
+    from retort.recipes.yamlio import load_file
+    from retort.tracking.store import resolve_uri
 
     if isinstance(recipe, Recipe):
         raw, source = recipe.to_dict(), recipe.source
@@ -254,7 +253,7 @@ def _encode(choice: Any) -> Any:
 
 def _params(base: Any) -> dict[str, tuple[Any, str]]:
     """``path -> (SpaceParam, kind)`` of the base recipe's sweep space."""
-    from recipes.schema import SpaceParam
+    from retort.recipes.schema import SpaceParam
 
     flat = base.flat()
     out = {}
@@ -309,7 +308,7 @@ _SECTION_KINDS = {"data": "data", "model": "model", "loss": "loss", "optimizer":
 def _set(raw: dict[str, Any], path: str, value: Any) -> None:
     """``raw[a][b]... = value`` by dotted path, as ``-s a.b=value`` would: a plugin given by name becomes
     ``{name: ...}``, and an alias of the field set (``eta`` for ``lr``) is dropped."""
-    import plugins
+    from retort import plugins
 
     parts = path.split(".")
     node: Any = raw
@@ -340,7 +339,7 @@ def _set(raw: dict[str, Any], path: str, value: Any) -> None:
 
 def trial_recipe(raw: Mapping[str, Any], values: Mapping[str, Any], source: str | None = None) -> Any:
     """The recipe a trial runs: ``raw`` (the recipe as written) with ``values`` set by dotted path, validated."""
-    from recipes.schema import resolve
+    from retort.recipes.schema import resolve
 
     trial_raw = copy.deepcopy(dict(raw))
     for path in sorted(values, key=lambda p: (not p.endswith(".name"), p)):  # a plugin's name before its fields
@@ -429,7 +428,7 @@ def make_pruner(base: Any, name: str | None = None, args: Mapping[str, Any] | No
     resources run from 1 to the recipe's max_epochs. ``patient`` wraps ``pruner_args.wrapped`` (median)."""
     import optuna
 
-    from recipes.schema import PRUNERS
+    from retort.recipes.schema import PRUNERS
 
     name = name or base.sweep["pruner"]
     args = dict(base.sweep["pruner_args"] if args is None else args)
@@ -483,7 +482,7 @@ def _safe_name(name: str) -> str:
 
 def default_journal(tracking_uri: str, study: str) -> Path:
     """``<folder of mlflow.db>/optuna/<study>.journal``; ``./optuna/<study>.journal`` for other stores."""
-    from .store import sqlite_path
+    from retort.tracking.store import sqlite_path
 
     db = sqlite_path(tracking_uri)
     folder = (db.parent if db is not None else Path(".")) / "optuna"
@@ -521,7 +520,7 @@ def _storage_target(storage: str | None, tracking_uri: str, study: str, workers:
 
 
 def _display(target: str) -> str:
-    from .context import mask
+    from retort.tracking.context import mask
 
     return mask(target)
 
@@ -800,7 +799,7 @@ def _pruning_class() -> type:
         return _PRUNING
     import pytorch_lightning as pl
 
-    from recipes.hooks import RunId
+    from retort.recipes.hooks import RunId
 
     class Pruning(pl.Callback):
         def __init__(self, trial: Any, metric: str, maximize: bool):
@@ -917,7 +916,7 @@ class Worker:
         return tags
 
     def _run_trial(self, trial: Any) -> None:
-        import recipes
+        from retort import recipes
 
         tags = self._tags(trial)
         values: dict[str, Any] = {}
@@ -993,7 +992,7 @@ class Worker:
 
     def _failed_run(self, trial: Any, values: Mapping[str, Any], tags: Mapping[str, str], reason: str) -> str | None:
         """A FAILED child run for a trial that never started, so every trial has its run."""
-        from .record import RunRecord
+        from retort.tracking.record import RunRecord
 
         try:
             record = RunRecord.start(self.plan.tracking_uri, self.plan.experiment, params=dict(values),
@@ -1066,7 +1065,7 @@ def _worker_main() -> None:
         import pytorch_lightning  # noqa: F401
         import torch
 
-        import recipes.runner  # noqa: F401
+        import retort.recipes.runner  # noqa: F401
 
         _prewarm()
         try:
@@ -1096,8 +1095,8 @@ def _prewarm() -> None:
     import sklearn.datasets  # noqa: F401
     from sqlalchemy.orm import configure_mappers
 
-    import plugins
-    from tracking.context import environment
+    from retort import plugins
+    from retort.tracking.context import environment
 
     configure_mappers()
     for kind in plugins.KINDS:
@@ -1251,7 +1250,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     except BaseException:
         _send(procs, None, [])
         raise
-    from .store import prepare_store
+    from retort.tracking.store import prepare_store
 
     _quiet_optuna()
     lock = study_lock(plan.storage, plan.study, plan.patience)
@@ -1338,8 +1337,8 @@ def _open_parent(study: Any, plan: Plan, base: Any) -> Any:
     parent), else a new one."""
     from mlflow import MlflowClient
 
-    from .context import version
-    from .record import RunRecord
+    from retort.tracking.context import version
+    from retort.tracking.record import RunRecord
 
     client = MlflowClient(tracking_uri=plan.tracking_uri)
     run_id = study.user_attrs.get("mlflow_parent_run_id")

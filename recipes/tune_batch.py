@@ -34,9 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recipes.errors import RecipeError
-
-from .tune_lr import add_recipe_arguments, load_recipe, positive, prepare, probe_copy, probe_trainer, sweep_snippet
+from retort.plugins.errors import RecipeError
+from retort.recipes.tune_lr import (
+    add_recipe_arguments,
+    load_recipe,
+    positive,
+    prepare,
+    probe_copy,
+    probe_trainer,
+    sweep_snippet,
+)
 
 HELP = "find the largest batch size whose training step fits in memory (a probe: records no MLflow run)"
 
