@@ -141,16 +141,15 @@ def _recorded_recipe(args: argparse.Namespace):
     import tempfile
     from pathlib import Path
 
-    from mlflow import MlflowClient
-
     from retort.recipes.rerun import recorded_recipe
-    from retort.tracking.store import resolve_uri
+    from retort.tracking.store import open_store, resolve_uri
 
     if args.overrides:
         raise RecipeError("a resumed run keeps its recorded recipe; drop the -s overrides", field="--set")
+    client = open_store(resolve_uri(args.tracking_uri))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            return recorded_recipe(MlflowClient(tracking_uri=resolve_uri(args.tracking_uri)), args.resume, Path(tmp))
+            return recorded_recipe(client, args.resume, Path(tmp))
         except RecipeError as exc:
             exc.field = "--resume"
             raise

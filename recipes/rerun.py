@@ -98,13 +98,11 @@ def compare(recorded: dict[str, float], now: dict[str, float]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
     from retort import recipes
-    from retort.tracking.store import resolve_uri
+    from retort.tracking.store import open_store, resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = open_store(uri)  # a folder without a store gets no empty mlflow.db
     with tempfile.TemporaryDirectory(prefix="retort-rerun-") as tmp:
         recipe = recorded_recipe(client, args.run_id, Path(tmp))
         run = client.get_run(args.run_id)

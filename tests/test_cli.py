@@ -192,6 +192,19 @@ def test_bad_input_in_process(args: list[str], words: list[str], capsys, workdir
     assert all_runs(store(workdir)) == []
 
 
+@pytest.mark.parametrize("args", [["rerun", "0123abc"], ["run", "--resume", "0123abc"],
+                                  ["run", "digits-mlp", "--resume", "0123abc"]])
+def test_a_folder_without_a_store_gets_none_from_rerun_or_resume(args: list[str], tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(args) == 2
+    assert capsys.readouterr().err == ("error: --tracking-uri: no MLflow store at mlflow.db (sqlite:///mlflow.db); "
+                                       "run something first, or name the store with --tracking-uri or "
+                                       "MLFLOW_TRACKING_URI\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_csv_data_end_to_end(tmp_path: Path, capsys, workdir: Path):
     import numpy as np
 

@@ -34,6 +34,24 @@ def test_six_processes_creating_one_new_store_all_succeed(tmp_path: Path):
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [err[-500:] for _, err in results]
     prepare_store(uri)  # and again, on the existing store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.db"]  # the lock is gone with the work it guarded
+
+
+def test_a_store_in_a_git_working_folder_leaves_it_clean(tmp_path: Path):
+    from retort.tracking.context import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("mlflow.db\n")  # the store, as a researcher ignores it
+    git("add", ".gitignore")
+    git("commit", "-q", "-m", "start")
+    for _ in range(2):  # a new store, then an existing one
+        prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        state = git_state(tmp_path)
+        assert state is not None and state.dirty is False and state.diff == ""
 
 
 def test_postgres_fixture_gives_a_live_database(postgres_url: str):

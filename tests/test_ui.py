@@ -179,6 +179,19 @@ def test_ui_with_optuna_dashboard_on_every_interface_warns(folder):
         server.kill()
 
 
+def test_optuna_serves_each_journal_and_not_the_locks_beside_it(folder, tmp_path: Path, _store_template: Path):
+    from retort.tracking.ui import _journals
+
+    path, _ = folder
+    shutil.copy(_store_template, tmp_path / "mlflow.db")
+    (tmp_path / "optuna").mkdir()
+    journal = tmp_path / "optuna" / "tiny-sweep.journal"
+    shutil.copy(path / "optuna" / "tiny-sweep.log", journal)
+    (tmp_path / "optuna" / "tiny-sweep.journal.retort-lock").touch()  # the sweep's study lock, as a sweep leaves it
+    (tmp_path / "optuna" / "tiny-sweep.journal.lock").touch()  # Optuna's own, left by a killed writer
+    assert _journals(f"sqlite:///{tmp_path / 'mlflow.db'}", None) == [str(journal)]
+
+
 def test_bad_input_exits_2_before_starting_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
                                                      _store_template: Path):
     monkeypatch.chdir(tmp_path)

@@ -25,7 +25,6 @@ import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from retort.plugins.errors import RecipeError
@@ -123,29 +122,6 @@ def _to_run(r: Any) -> Run:
                params=dict(r.data.params), tags=tags, last=dict(r.data.metrics))
 
 
-def open_store(uri: str) -> Any:
-    """An ``MlflowClient`` on an existing store; a missing store is bad input, never created."""
-    from retort.tracking.store import sqlite_path
-
-    path = sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise RecipeError(f"no MLflow store at {path} ({uri}); run something first, or name the store with "
-                          f"--tracking-uri or MLFLOW_TRACKING_URI", field="--tracking-uri")
-    if uri.startswith("file:"):
-        local = Path(re.sub(r"^file:(//)?", "", uri))
-        if not local.is_dir():
-            raise RecipeError(f"no MLflow store at {local} ({uri})", field="--tracking-uri")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecipeError(f"cannot read the MLflow store {uri}: {first}", field="--tracking-uri") from None
-    return client
-
-
 def _all_experiments(client: Any) -> list[Any]:
     from mlflow.entities import ViewType
 
@@ -196,6 +172,8 @@ def select(uri: str, run_ids: Sequence[str] = (), experiments: Sequence[str] = (
     experiment's runs (its trials are there); with nothing named, the runs of the experiment holding the
     most recent run.
     """
+    from retort.tracking.store import open_store
+
     client = open_store(uri)
     all_exps = _all_experiments(client)
     exp_ids = [e.experiment_id for e in all_exps]

@@ -84,12 +84,12 @@ class RunRecord:
         whatever ``check`` refuses: it is called with the run's recorded ``recipe.yaml`` before anything
         is changed (the runner compares it with the recipe to resume).
         """
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         from retort.plugins.errors import RecipeError
+        from retort.tracking.store import open_store
 
-        client = MlflowClient(tracking_uri=uri)
+        client = open_store(uri)  # a missing store is bad input, never created
         try:
             run = client.get_run(run_id)
         except MlflowException:

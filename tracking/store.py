@@ -1,12 +1,15 @@
-"""The MLflow store: which one, and creating it once before parallel writers start."""
+"""The MLflow store: which one, creating it once before parallel writers start, and opening an existing one."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 from pathlib import Path
 from typing import Any
+
+from retort.plugins.errors import RecipeError
 
 # MLflow prints INFO lines (database migrations) from its import on, and "View run at" URLs on stdout
 # with a tracking server; retort's output is its own.
@@ -39,15 +42,42 @@ def prepare_store(uri: str) -> None:
     if path is None or (path.exists() and str(path.resolve()) in _prepared):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        # The lock only guards creating and migrating; left behind, it would be an untracked file that marks
+        # every later run in a git working folder dirty. Removed only once the store is migrated: whoever
+        # locks after that (a waiter on this inode, or a newcomer on a fresh file) finds nothing to migrate.
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()
     _prepared.add(str(path.resolve()))
 
 
 _prepared: set[str] = set()  # database files this process has prepared (each sweep trial's run asks again)
+
+
+def open_store(uri: str) -> Any:
+    """An ``MlflowClient`` on an existing store; a missing store is bad input, never created."""
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise RecipeError(f"no MLflow store at {path} ({uri}); run something first, or name the store with "
+                          f"--tracking-uri or MLFLOW_TRACKING_URI", field="--tracking-uri")
+    if uri.startswith("file:"):
+        local = Path(re.sub(r"^file:(//)?", "", uri))
+        if not local.is_dir():
+            raise RecipeError(f"no MLflow store at {local} ({uri})", field="--tracking-uri")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"cannot read the MLflow store {uri}: {first}", field="--tracking-uri") from None
+    return client
 
 
 def experiment_id(client: Any, uri: str, name: str) -> str:

@@ -94,12 +94,21 @@ def _journals(uri: str, storage: str | None) -> list[str]:
     if storage:
         return [storage]
     folder = _store_dir(uri) / "optuna"
-    found = sorted(str(p) for p in folder.glob("*") if p.is_file() and not p.name.endswith(".lock")) \
-        if folder.is_dir() else []
+    found = sorted(str(p) for p in folder.glob("*") if _is_journal(p)) if folder.is_dir() else []
     if not found:
         raise RecipeError(f"no Optuna journal in {folder}/ (retort sweep writes one there); name a storage with "
                           f"--storage URL", field="--optuna")
     return found
+
+
+def _is_journal(path: Path) -> bool:
+    """An Optuna journal: JSON lines. Not the (empty) locks beside it, ``<study>.journal.retort-lock`` and
+    Optuna's ``.lock``, which optuna-dashboard would serve as empty studies of their own."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(1) == b"{"
+    except OSError:
+        return False
 
 
 def _probe_host(host: str) -> str:
