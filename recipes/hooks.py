@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from retort.plugins.errors import Interrupted
+from retort.tracking.vocabulary import Metric
 
 
 class Recorder(pl.Callback):
@@ -45,7 +46,7 @@ class Recorder(pl.Callback):
             keep = [i for i in new if (first + i) % self.every == 0]
             losses = torch.stack([m.step_losses[i] for i in keep]).tolist() if keep else []
             steps = [first + i for i in keep]
-            self.record.log_series("train/loss", losses, steps)
+            self.record.log_series(Metric.TRAIN_LOSS, losses, steps)
             self.record.log_series("lr", [m.step_lrs[i] for i in keep], steps)
         if self.record is not None:
             for key, items in m.history.items():

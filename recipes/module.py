@@ -35,6 +35,7 @@ from retort.plugins.callbacks import NonFiniteLoss
 from retort.plugins.data import DataInfo, Splits, TensorLoader
 from retort.plugins.errors import RecipeError
 from retort.recipes.schema import Recipe, metric_key, plugin_spec
+from retort.tracking.vocabulary import Metric
 
 
 def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> Any:
@@ -216,13 +217,13 @@ class RecipeModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # after the plain callbacks (recorder, epoch line), before early stopping and checkpoints
-        average = self.epoch_summary()["train/loss_epoch"]
+        average = self.epoch_summary()[Metric.TRAIN_LOSS_EPOCH]
         if not math.isfinite(average):
             bad = torch.stack(self.step_losses)
             first = int((~torch.isfinite(bad)).nonzero()[0, 0])
             raise NonFiniteLoss(f"training loss is {float(bad[first])} at epoch {self.current_epoch + 1}, "
                                 f"batch {first + 1}")
-        self.log("train/loss_epoch", average, logger=False)
+        self.log(Metric.TRAIN_LOSS_EPOCH, average, logger=False)
         if self.scheduler is not None and self.recipe.scheduler["interval"] == "epoch":
             monitor = self.recipe.scheduler.get("monitor")
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from retort.tracking.vocabulary import Metric, Tag
+
 HELP = "re-run a recorded run from its MLflow record and compare the final metrics"
 EXAMPLES = """examples:
   retort rerun 3f2a9c...                                # prints reproduced: yes|no
@@ -19,7 +21,7 @@ same experiment with tag retort.rerun_of. Exit 0 when every final metric matches
 (each differing metric is printed), 2 for an unknown run."""
 
 #: metrics a re-run must reproduce: the final values of training, validation and test
-COMPARED_PREFIXES = ("train/loss_epoch", "val/", "test/")
+COMPARED_PREFIXES = (Metric.TRAIN_LOSS_EPOCH, "val/", "test/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +57,8 @@ def drift(client: Any, run: Any, tmp: Path) -> list[str]:
 
     tags = run.data.tags
     out = []
-    if tags.get("retort.version") and tags["retort.version"] != version("retort"):
-        out.append(f"retort {version('retort')} here, {tags['retort.version']} in the record")
+    if tags.get(Tag.VERSION) and tags[Tag.VERSION] != version("retort"):
+        out.append(f"retort {version('retort')} here, {tags[Tag.VERSION]} in the record")
     for prefix, state in code_states(None).items():
         recorded = tags.get(f"{prefix}.commit")
         if recorded and recorded != state.commit:
@@ -111,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     from retort.plugins.errors import RunFailed
 
     try:
-        result = recipes.run(recipe, tracking_uri=uri, quiet=args.quiet, tags={"retort.rerun_of": args.run_id})
+        result = recipes.run(recipe, tracking_uri=uri, quiet=args.quiet, tags={Tag.RERUN_OF: args.run_id})
     except RunFailed as exc:
         print(f"error: the re-run failed: {exc}", file=sys.stderr)
         return 1

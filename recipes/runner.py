@@ -18,6 +18,7 @@ from typing import Any
 from retort import plugins
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure, out_of_memory
 from retort.recipes.schema import Recipe, plugin_spec
+from retort.tracking.vocabulary import Metric, Tag
 
 
 @dataclass
@@ -130,7 +131,7 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
             else:
                 tags = {**run_tags(recipe, command), **recipe.tracking["tags"], **(tags or {})}
                 if parent_run_id:
-                    tags["mlflow.parentRunId"] = parent_run_id
+                    tags[Tag.PARENT_RUN_ID] = parent_run_id
                 record = RunRecord.start(uri, recipe.tracking["experiment"] or recipe.name,
                                          run_name=recipe.tracking["run_name"], params=recipe.flat(), tags=tags)
                 _record_context(record, recipe, built, tmp)
@@ -244,7 +245,8 @@ class _Fit:
                 cb.dirpath = str(tmp / "checkpoints")
         callbacks += user + self.extra
         has_val = built.splits.info.n_val > 0
-        best = BestWeights("val/loss" if has_val else "train/loss_epoch") if recipe.tracking["checkpoint"] else None
+        monitor = Metric.VAL_LOSS if has_val else Metric.TRAIN_LOSS_EPOCH
+        best = BestWeights(monitor) if recipe.tracking["checkpoint"] else None
         if best is not None:
             callbacks.append(best)
         trainer = pl.Trainer(

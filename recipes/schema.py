@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from retort import plugins
 from retort.plugins.errors import RecipeError
+from retort.tracking.vocabulary import Metric
 
 
 class _Options(BaseModel):
@@ -142,7 +143,7 @@ class LrScaling(_Options):
 
 
 class SweepOptions(_Options):
-    metric: str = Field("val/loss", description="what the sweep optimizes: a trial's best epoch's value of it")
+    metric: str = Field(Metric.VAL_LOSS, description="what the sweep optimizes: a trial's best epoch's value of it")
     direction: Literal["minimize", "maximize"] = "minimize"
     trials: int = Field(20, ge=1, description="finished trials the study should hold, over all workers")
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
@@ -216,7 +217,7 @@ class Recipe:
     @property
     def metric_keys(self) -> list[str]:
         """The names every run of this recipe records per epoch and at the end."""
-        keys = ["train/loss_epoch", "val/loss", "test/loss"]
+        keys = [Metric.TRAIN_LOSS_EPOCH, Metric.VAL_LOSS, Metric.TEST_LOSS]
         for m in self.metrics:
             keys += [f"val/{metric_key(m)}", f"test/{metric_key(m)}"]
         return keys
@@ -361,7 +362,7 @@ def _check_consistency(r: Recipe) -> None:
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise RecipeError(f"metric {sorted(dup)[0]!r} is listed twice", field="metrics")
-    known = ["train/loss", "train/loss_epoch", "val/loss"] + [f"val/{k}" for k in keys]
+    known = [Metric.TRAIN_LOSS, Metric.TRAIN_LOSS_EPOCH, Metric.VAL_LOSS] + [f"val/{k}" for k in keys]
     monitored = [(f"callbacks.{i}", cb) for i, cb in enumerate(r.callbacks)]
     if r.scheduler is not None:
         monitored.append(("scheduler", r.scheduler))
@@ -382,7 +383,7 @@ def _check_sweep(r: Recipe, val_metrics: list[str]) -> None:
     """The sweep section against the recipe: a metric recorded every epoch, fields that exist."""
     sweep = r.sweep
     assert sweep is not None
-    known = ["val/loss", *val_metrics, "train/loss_epoch"]  # what epoch_summary() holds, for pruning
+    known = [Metric.VAL_LOSS, *val_metrics, Metric.TRAIN_LOSS_EPOCH]  # what epoch_summary() holds, for pruning
     metric = sweep["metric"]
     if metric not in known:
         raise RecipeError(f"{metric!r} is not recorded every epoch by this recipe"

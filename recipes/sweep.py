@@ -62,6 +62,7 @@ from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure
 from retort.recipes.cli import leave
+from retort.tracking.vocabulary import StudyAttr, Tag
 
 HELP = "Optuna sweep of a recipe's sweep section: one MLflow child run per trial, crash-safe, one machine or many"
 EXAMPLES = """examples:
@@ -79,13 +80,8 @@ workers on one machine); --storage postgresql://... for many machines. Prints be
 and parent_run_id last; the parent run holds best_recipe.yaml (retort run runs it), importances.json
 and plots/."""
 
-# Optuna trial attributes written by retort
-OWNER = "retort:owner"          # system attr: {host, pid, ctime, worker, seed, heartbeat} of the running worker
-BEAT = "retort:heartbeat"       # system attr: time.time() of the owner's last heartbeat
-RETRIED = "retort:retried"      # system attr: why the trial was failed and re-queued (it does not count)
-RUN_ID = "mlflow_run_id"        # user attr: the trial's MLflow run
-RETRY_OF = "retry_of"           # user attr: the number of the trial this one repeats
-FAILURE = "failure"             # user attr: why the trial failed
+OWNER, BEAT, RETRIED = StudyAttr.OWNER, StudyAttr.BEAT, StudyAttr.RETRIED
+RUN_ID, RETRY_OF, FAILURE = StudyAttr.RUN_ID, StudyAttr.RETRY_OF, StudyAttr.FAILURE
 GRACE_BEATS = 6                 # a trial is lost after this many missed heartbeats
 PATIENCE = 120.0                # seconds a sweep waits for its study storage to come back before it stops
 
@@ -735,7 +731,7 @@ def requeue(study: Any, trial: Any, reason: str, tracking_uri: str | None, exper
     try:
         storage.set_trial_system_attr(tid, RETRIED, reason)
         storage.set_trial_user_attr(tid, FAILURE, reason)
-        storage.set_trial_system_attr(tid, "fail_reason", reason)
+        storage.set_trial_system_attr(tid, StudyAttr.FAIL_REASON, reason)
         storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return
@@ -760,8 +756,8 @@ def _close_runs(uri: str, experiment: str | None, study: str, trial: Any, status
         for run_id in run_ids:
             if client.get_run(run_id).info.status != "RUNNING":
                 continue
-            client.set_tag(run_id, "retort.failure", reason[:5000])
-            client.set_tag(run_id, "retort.trial_state", "FAIL")
+            client.set_tag(run_id, Tag.FAILURE, reason[:5000])
+            client.set_tag(run_id, Tag.TRIAL_STATE, "FAIL")
             client.set_terminated(run_id, status=status)
     except Exception as exc:  # the record is secondary to the study: say so and go on
         print(f"warning: could not close the MLflow run of trial {trial.number}: {exc}", file=sys.stderr)
@@ -907,12 +903,12 @@ class Worker:
             return trial
 
     def _tags(self, trial: Any) -> dict[str, str]:
-        tags = {"retort.study": self.plan.study, "retort.trial": str(trial.number),
-                "retort.worker": str(self.index), "retort.sampler_seed": str(self.seed),
-                "mlflow.runName": f"{self.plan.study} trial {trial.number}"}
+        tags = {Tag.STUDY: self.plan.study, Tag.TRIAL: str(trial.number),
+                Tag.WORKER: str(self.index), Tag.SAMPLER_SEED: str(self.seed),
+                Tag.RUN_NAME: f"{self.plan.study} trial {trial.number}"}
         retry_of = trial.user_attrs.get(RETRY_OF)
         if retry_of is not None:
-            tags["retort.retry_of"] = str(retry_of)
+            tags[Tag.RETRY_OF] = str(retry_of)
         return tags
 
     def _run_trial(self, trial: Any) -> None:
@@ -937,7 +933,7 @@ class Worker:
                 requeue(self.study, self.study._storage.get_trial(trial._trial_id), f"interrupted by {exc}",
                         self.plan.tracking_uri, self.plan.experiment)
             if pruning is not None and pruning.run_id:
-                self._tag(pruning.run_id, {"retort.trial_state": "FAIL"})
+                self._tag(pruning.run_id, {Tag.TRIAL_STATE: "FAIL"})
             self.say(f"trial {trial.number}: interrupted ({exc}); it runs again when the sweep resumes")
             raise
         except RecipeError as exc:  # the sampled values make an invalid recipe: nothing ran
@@ -996,8 +992,8 @@ class Worker:
 
         try:
             record = RunRecord.start(self.plan.tracking_uri, self.plan.experiment, params=dict(values),
-                                     tags={**tags, "mlflow.parentRunId": self.plan.parent_run_id,
-                                           "retort.command": self.plan.command})
+                                     tags={**tags, Tag.PARENT_RUN_ID: self.plan.parent_run_id,
+                                           Tag.COMMAND: self.plan.command})
             record.finish("FAILED", reason)
             return record.run_id
         except Exception as exc:
@@ -1016,7 +1012,7 @@ class Worker:
                 trial.set_user_attr(RUN_ID, run_id)
             if reason and state == "FAIL":
                 trial.set_user_attr(FAILURE, reason[:2000])
-                self.study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", reason[:2000])
+                self.study._storage.set_trial_system_attr(trial._trial_id, StudyAttr.FAIL_REASON, reason[:2000])
             if state == "COMPLETE":
                 self.study.tell(trial, value)
             else:
@@ -1025,11 +1021,11 @@ class Worker:
             reason = "the trial was re-queued as lost while it ran (heartbeat too slow?); its result is dropped"
             state = "FAIL"
         if run_id:
-            tags = {"retort.trial_state": state}
+            tags = {Tag.TRIAL_STATE: state}
             if state == "PRUNED":
-                tags["retort.pruned"] = reason or ""
+                tags[Tag.PRUNED] = reason or ""
             if close and reason:
-                tags["retort.failure"] = reason[:5000]
+                tags[Tag.FAILURE] = reason[:5000]
             self._tag(run_id, tags, "FAILED" if close and reason else None)
         self.ran += 1
         done = tally(self.study.get_trials(deepcopy=False))
@@ -1127,7 +1123,7 @@ def _spawn(n: int, total: int) -> list[subprocess.Popen]:
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     env.pop("RETORT_RUN_ID", None)
     # each in a session of its own: Ctrl-C reaches the parent only, which forwards exactly one signal
-    return [subprocess.Popen([sys.executable, "-c", "from tracking.sweep import _worker_main; _worker_main()"],
+    return [subprocess.Popen([sys.executable, "-c", "from retort.recipes.sweep import _worker_main; _worker_main()"],
                              stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(n)]
 
 
@@ -1269,9 +1265,9 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     k = max(1, min(workers, missing))
     offset = len(existing)  # a resumed study's workers do not replay the seeds (and first points) of before
     seeds = [plan.seed + offset + i for i in range(k)] if missing else []
-    record.set_tags({"retort.trials": plan.trials, "retort.workers": len(seeds),
-                     "retort.sampler_seeds": ",".join(map(str, seeds)), "retort.command": plan.command,
-                     "retort.storage": _display(plan.storage), "retort.dashboard": dashboard_command(plan.storage)})
+    record.set_tags({Tag.TRIALS: plan.trials, Tag.WORKERS: len(seeds),
+                     Tag.SAMPLER_SEEDS: ",".join(map(str, seeds)), Tag.COMMAND: plan.command,
+                     Tag.STORAGE: _display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage)})
     if not quiet:
         verb = "resuming" if existing else "starting"
         print(f"sweep {plan.study!r}: {verb}, {sum(counts.values())} of {plan.trials} trials in the study, "
@@ -1322,13 +1318,13 @@ def _open_study(storage: Any, plan: Plan, base: Any) -> tuple[Any, list[Any]]:
     if study.direction.name.lower() != direction:
         raise RecipeError(f"study {plan.study!r} in {_display(plan.storage)} is to {study.direction.name.lower()}, "
                           f"this recipe's sweep is to {direction}; use another --study", field="sweep.direction")
-    metric = study.user_attrs.get("retort.metric")
+    metric = study.user_attrs.get(StudyAttr.METRIC)
     if metric is not None and metric != base.sweep["metric"]:
         raise RecipeError(f"study {plan.study!r} optimizes {metric!r}, not {base.sweep['metric']!r}; use another "
                           "--study", field="sweep.metric")
     if metric is None:
-        study.set_user_attr("retort.metric", base.sweep["metric"])
-        study.set_user_attr("retort.recipe", base.name)
+        study.set_user_attr(StudyAttr.METRIC, base.sweep["metric"])
+        study.set_user_attr(Tag.RECIPE, base.name)
     return study, study.get_trials(deepcopy=False)
 
 
@@ -1341,7 +1337,7 @@ def _open_parent(study: Any, plan: Plan, base: Any) -> Any:
     from retort.tracking.record import RunRecord
 
     client = MlflowClient(tracking_uri=plan.tracking_uri)
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    run_id = study.user_attrs.get(StudyAttr.PARENT_RUN_ID)
     if run_id:
         try:
             run = client.get_run(run_id)
@@ -1349,19 +1345,20 @@ def _open_parent(study: Any, plan: Plan, base: Any) -> Any:
             run = None
         if run is not None and run.info.lifecycle_stage == "active":
             client.update_run(run_id, status="RUNNING")
-            if "retort.failure" in run.data.tags:  # from an interrupted invocation: no longer true
-                client.delete_tag(run_id, "retort.failure")
+            if Tag.FAILURE in run.data.tags:  # from an interrupted invocation: no longer true
+                client.delete_tag(run_id, Tag.FAILURE)
             return RunRecord(client, run_id, run.info.experiment_id)
     import platform
 
-    tags = {"retort.version": version("retort"), "retort.recipe": base.name, "retort.recipe_source": base.source or "",
-            "retort.study": plan.study, "retort.sweep": "parent", "mlflow.source.name": "retort",
+    tags = {Tag.VERSION: version("retort"), Tag.RECIPE: base.name, Tag.RECIPE_SOURCE: base.source or "",
+            Tag.STUDY: plan.study, Tag.SWEEP: "parent", Tag.SOURCE_NAME: "retort",
+            Tag.SWEEP_METRIC: base.sweep["metric"], Tag.SWEEP_DIRECTION: base.sweep["direction"],
             "host.name": socket.gethostname(), "python.version": platform.python_version(),
-            "optuna.version": version("optuna"), "mlflow.runName": f"sweep {plan.study}"}
+            "optuna.version": version("optuna"), Tag.RUN_NAME: f"sweep {plan.study}"}
     params = {k: v for k, v in base.flat().items() if k.startswith("sweep.")}
     record = RunRecord.start(plan.tracking_uri, plan.experiment, params=params, tags=tags)
     record.log_text(base.to_yaml(), "base_recipe.yaml")
-    study.set_user_attr("mlflow_parent_run_id", record.run_id)
+    study.set_user_attr(StudyAttr.PARENT_RUN_ID, record.run_id)
     return record
 
 
@@ -1391,8 +1388,8 @@ def _conclude(study: Any, plan: Plan, base: Any, record: Any, problems: list[str
         result.best_params = decode(best.params, base)
         result.best_run_id = best.user_attrs.get(RUN_ID)
         record.log({"best_value": result.best_value}, step=finished)
-        record.set_tags({"retort.best_trial": best.number, "retort.best_run_id": result.best_run_id or "",
-                         "retort.best_params": json.dumps(result.best_params)})
+        record.set_tags({Tag.BEST_TRIAL: best.number, Tag.BEST_RUN_ID: result.best_run_id or "",
+                         Tag.BEST_PARAMS: json.dumps(result.best_params)})
         with tempfile.TemporaryDirectory(prefix="retort-sweep-") as tmp:
             _log_best_recipe(record, plan, base, best, Path(tmp))
             _log_analysis(record, study, plan, Path(tmp))
@@ -1452,4 +1449,4 @@ def _log_analysis(record: Any, study: Any, plan: Plan, tmp: Path) -> None:
             except Exception as exc:
                 notes.append(f"{name}: {exc}")
     if notes:
-        record.set_tags({"retort.analysis_notes": "; ".join(notes)[:5000]})
+        record.set_tags({Tag.ANALYSIS_NOTES: "; ".join(notes)[:5000]})

@@ -99,6 +99,12 @@ def check_parent(client, study, parent_id: str, best_value: float, best_params: 
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["retort.sweep"] == "parent" and parent.data.tags["retort.study"] == study.study_name
+    # what compare reads to sort the trials is what the sweep wrote
+    from retort.tracking.compare import Run, sweep_of
+
+    read = sweep_of(Run(run_id=parent_id, name="", experiment_id="", status="FINISHED", state="FINISHED",
+                        start_time=0, params={}, tags=dict(parent.data.tags), last={}))
+    assert (read.metric, read.direction) == (study.user_attrs["retort.metric"], study.direction.name.lower())
     best = study.best_trial
     assert best.value == best_value and best.params == best_params
     assert parent.data.tags["retort.best_trial"] == str(best.number)

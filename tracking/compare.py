@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retort.plugins.errors import RecipeError
+from retort.tracking.vocabulary import Metric, Tag
 
 HELP = "compare runs: the params that differ, each metric's last and best value; CSV; an HTML report"
 EXAMPLES = """examples:
@@ -87,11 +88,11 @@ class Run:
 
     @property
     def seed(self) -> str | None:
-        return self.params.get(SEED, self.tags.get("retort.seed"))
+        return self.params.get(SEED, self.tags.get(Tag.SEED))
 
     @property
     def parent(self) -> str | None:
-        return self.tags.get("mlflow.parentRunId")
+        return self.tags.get(Tag.PARENT_RUN_ID)
 
 
 @dataclass
@@ -113,11 +114,11 @@ class Selection:
 def _to_run(r: Any) -> Run:
     tags = dict(r.data.tags)
     status = r.info.status
-    trial = tags.get("retort.trial_state", "").upper()
+    trial = tags.get(Tag.TRIAL_STATE, "").upper()
     state = trial if trial in ("PRUNED", "FAIL", "FAILED") and status != "RUNNING" else status
     if state == "FAIL":
         state = "FAILED"
-    return Run(run_id=r.info.run_id, name=r.info.run_name or tags.get("mlflow.runName", ""),
+    return Run(run_id=r.info.run_id, name=r.info.run_name or tags.get(Tag.RUN_NAME, ""),
                experiment_id=r.info.experiment_id, status=status, state=state, start_time=r.info.start_time or 0,
                params=dict(r.data.params), tags=tags, last=dict(r.data.metrics))
 
@@ -211,7 +212,7 @@ def select(uri: str, run_ids: Sequence[str] = (), experiments: Sequence[str] = (
         exp = _find_experiment(client, name, all_exps, uri)
         found_runs = search(client, [exp.experiment_id])
         parents = {r.parent for r in found_runs if r.parent}
-        found_runs = [r for r in found_runs if r.run_id not in parents and r.tags.get("retort.sweep") != "parent"]
+        found_runs = [r for r in found_runs if r.run_id not in parents and r.tags.get(Tag.SWEEP) != "parent"]
         if not found_runs:
             raise RecipeError(f"experiment {exp.name!r} has no runs in {uri}", field="--experiment")
         runs += sorted(found_runs, key=lambda r: r.start_time)
@@ -234,10 +235,10 @@ def select(uri: str, run_ids: Sequence[str] = (), experiments: Sequence[str] = (
 
 def sweep_of(parent: Run) -> Sweep:
     """The sweep's metric and direction: the parent's tags, else its params, else val/loss minimized."""
-    metric = parent.tags.get("retort.sweep.metric") or parent.params.get("sweep.metric") or "val/loss"
-    direction = parent.tags.get("retort.sweep.direction") or parent.params.get("sweep.direction")
+    metric = parent.tags.get(Tag.SWEEP_METRIC) or parent.params.get("sweep.metric") or Metric.VAL_LOSS
+    direction = parent.tags.get(Tag.SWEEP_DIRECTION) or parent.params.get("sweep.direction")
     if direction not in ("minimize", "maximize"):
-        direction = "minimize" if lower_is_better(metric) or metric == "val/loss" else "maximize"
+        direction = "minimize" if lower_is_better(metric) or metric == Metric.VAL_LOSS else "maximize"
     return Sweep(run=parent, metric=metric, direction=direction)
 
 
@@ -393,14 +394,14 @@ class Comparison:
 def default_metrics(runs: Sequence[Run]) -> list[str]:
     keys = sorted({k for r in runs for k in r.last})
     val = [k for k in keys if k.startswith("val/")]
-    val.sort(key=lambda k: (k != "val/loss", k))
+    val.sort(key=lambda k: (k != Metric.VAL_LOSS, k))
     test = [k for k in keys if k.startswith("test/")]
-    test.sort(key=lambda k: (k != "test/loss", k))
-    train = [k for k in keys if k == "train/loss_epoch"]
+    test.sort(key=lambda k: (k != Metric.TEST_LOSS, k))
+    train = [k for k in keys if k == Metric.TRAIN_LOSS_EPOCH]
     chosen = val + test + train
     if chosen:
         return chosen
-    rest = [k for k in keys if k not in ("lr", "train/loss") and not k.startswith("system/")]
+    rest = [k for k in keys if k not in ("lr", Metric.TRAIN_LOSS) and not k.startswith("system/")]
     return rest or keys
 
 
@@ -429,7 +430,7 @@ def compare(sel: Selection, metrics: Sequence[str] = (), summary: str | None = N
     elif metrics:
         sort_metric = metrics[0]
     else:
-        sort_metric = "val/loss" if "val/loss" in have else None
+        sort_metric = Metric.VAL_LOSS if Metric.VAL_LOSS in have else None
     if sort_metric and (sort_metric not in shown or not metrics):  # the sorting metric first, unless chosen
         shown = [sort_metric] + [m for m in shown if m != sort_metric]
     direction = {m: "minimize" if lower_is_better(m) else "maximize" for m in shown}

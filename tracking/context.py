@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from retort.tracking.vocabulary import Tag
+
 _SECRET_NAME = re.compile(r"(token|key|secret|password|passwd|credential|auth)", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
 _PAIR = re.compile(r"(?P<k>[A-Za-z_][\w.-]*)(?P<sep>=|:\s*)(?P<v>\S+)")
@@ -127,12 +129,12 @@ def run_tags(recipe: Any, command: str | None = None) -> dict[str, str]:
     import torch
 
     tags = {
-        "retort.version": version("retort"),
-        "retort.recipe": recipe.name,
-        "retort.recipe_source": recipe.source or "",
-        "retort.seed": str(recipe.seed),
-        "retort.command": command or command_line(),
-        "mlflow.source.name": "retort",
+        Tag.VERSION: version("retort"),
+        Tag.RECIPE: recipe.name,
+        Tag.RECIPE_SOURCE: recipe.source or "",
+        Tag.SEED: str(recipe.seed),
+        Tag.COMMAND: command or command_line(),
+        Tag.SOURCE_NAME: "retort",
         "python.version": platform.python_version(),
         "torch.version": torch.__version__,
         "lightning.version": version("pytorch-lightning"),
@@ -158,10 +160,10 @@ def device_tags(trainer: Any) -> dict[str, str]:
     else:
         names = [platform.processor() or platform.machine()] * len(devices)
     return {
-        "retort.accelerator": accelerator,
-        "retort.devices": ", ".join(names),
-        "retort.device_count": str(trainer.num_devices),
-        "retort.num_nodes": str(trainer.num_nodes),
-        "retort.world_size": str(trainer.world_size),
-        "retort.precision": str(trainer.precision),
+        Tag.ACCELERATOR: accelerator,
+        Tag.DEVICES: ", ".join(names),
+        Tag.DEVICE_COUNT: str(trainer.num_devices),
+        Tag.NUM_NODES: str(trainer.num_nodes),
+        Tag.WORLD_SIZE: str(trainer.world_size),
+        Tag.PRECISION: str(trainer.precision),
     }

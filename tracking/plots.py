@@ -12,28 +12,30 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from retort.tracking.vocabulary import Metric
+
 WIDTH, HEIGHT = 700, 400
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 48
 MAX_POINTS = 1500  # per series; longer ones are thinned evenly (the last point always kept)
 # (key, label, colour, stroke width, opacity, marker)
-SERIES = (("train/loss", "train/loss (step)", "#1f77b4", 0.8, 0.4, False),
-          ("train/loss_epoch", "train/loss (epoch average)", "#ff7f0e", 1.6, 1.0, True),
-          ("val/loss", "val/loss", "#2ca02c", 1.6, 1.0, True))
+SERIES = ((Metric.TRAIN_LOSS, "train/loss (step)", "#1f77b4", 0.8, 0.4, False),
+          (Metric.TRAIN_LOSS_EPOCH, "train/loss (epoch average)", "#ff7f0e", 1.6, 1.0, True),
+          (Metric.VAL_LOSS, Metric.VAL_LOSS, "#2ca02c", 1.6, 1.0, True))
 
 
 def loss_curves(record: Any, path: Path) -> Path | None:
     """The run's loss curves (per-step train/loss, per-epoch averages and val/loss) from the record (a
     resumed run's whole history), logged as the artifact ``loss.svg``; None when no epoch finished."""
     series = {key: record.series(key) for key, *_ in SERIES}
-    epochs = series["train/loss_epoch"]
+    epochs = series[Metric.TRAIN_LOSS_EPOCH]
     if not epochs:
         return None
-    steps = series["train/loss"]
+    steps = series[Metric.TRAIN_LOSS]
     last_step = steps[-1][0] if steps else len(epochs)
     per_epoch = last_step / len(epochs)  # steps are batches; an epoch is drawn at its last batch
     lines = {"train/loss": [(s / per_epoch, v) for s, v in steps],
-             "train/loss_epoch": [(float(e), v) for e, v in epochs],
-             "val/loss": [(float(e), v) for e, v in series["val/loss"]]}
+             Metric.TRAIN_LOSS_EPOCH: [(float(e), v) for e, v in epochs],
+             Metric.VAL_LOSS: [(float(e), v) for e, v in series[Metric.VAL_LOSS]]}
     path.write_text(svg_lines(lines, xlabel="epoch", ylabel="loss"))
     record.log_artifact(path)
     return path

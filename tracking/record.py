@@ -17,6 +17,7 @@ from typing import Any
 
 from retort.tracking.context import mask_value
 from retort.tracking.store import experiment_id, prepare_store
+from retort.tracking.vocabulary import Metric, Tag
 
 _MAX_METRICS, _MAX_PARAMS = 1000, 100
 
@@ -40,7 +41,7 @@ class RunRecord:
 
     flush_seconds = 5.0
     flush_size = 10_000
-    kept = ("train/loss", "train/loss_epoch", "val/loss")  # series held in memory too, for the loss plot
+    kept = (Metric.TRAIN_LOSS, Metric.TRAIN_LOSS_EPOCH, Metric.VAL_LOSS)  # series held in memory too, for the loss plot
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, reopened: bool = False):
         self.client = client
@@ -103,7 +104,7 @@ class RunRecord:
                               f"stopped by SIGINT/SIGTERM leave one", field="--resume") from None
         check(Path(client.download_artifacts(run_id, "recipe.yaml", str(tmp))))
         client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, "retort.resumed", "true")
+        client.set_tag(run_id, Tag.RESUMED, "true")
         return cls(client, run_id, run.info.experiment_id, reopened=True), checkpoint
 
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
@@ -185,7 +186,7 @@ class RunRecord:
         try:
             self.flush()
             if reason:
-                self.set_tags({"retort.failure": reason[:5000]})
+                self.set_tags({Tag.FAILURE: reason[:5000]})
         finally:
             self.client.set_terminated(self.run_id, status=status)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from retort.tracking.compare import Comparison, Run, fmt, fmt_mean_std, histories, written_once
+from retort.tracking.vocabulary import Tag
 
 MAX_POINTS = 200  # per series: longer histories are averaged into this many buckets
 MAX_AXES = 12  # parallel coordinates: params beyond this many (least important first) are left out
@@ -155,12 +156,10 @@ def _spearman(xs: list[float], ys: list[float]) -> float | None:
 
 
 def _trial_number(run: Run) -> int | None:
-    for key in ("retort.trial_number", "retort.trial", "optuna.trial_number", "optuna.trial.number"):
-        try:
-            return int(run.tags[key])
-        except (KeyError, ValueError):
-            continue
-    return None
+    try:
+        return int(run.tags[Tag.TRIAL])
+    except (KeyError, ValueError):
+        return None
 
 
 def _recipe_text(cmp: Comparison, run: Run) -> tuple[str, str]:

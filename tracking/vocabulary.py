@@ -1,0 +1,82 @@
+"""The record's vocabulary: every tag, metric name and Optuna attribute that retort writes and reads.
+
+Writers and readers both import these names, so that what a sweep writes is what ``compare`` reads. A
+record written by an older retort may lack a name; readers treat a missing tag as unknown.
+"""
+
+from __future__ import annotations
+
+
+class Tag:
+    """MLflow run tags."""
+
+    # every run
+    VERSION = "retort.version"
+    RECIPE = "retort.recipe"                # the recipe's name
+    RECIPE_SOURCE = "retort.recipe_source"  # the file it was loaded from
+    SEED = "retort.seed"
+    COMMAND = "retort.command"              # the command line, secrets masked
+    GIT = "retort.git"                      # prefix of retort's own code state: retort.git.commit, .dirty
+    ACCELERATOR = "retort.accelerator"
+    DEVICES = "retort.devices"
+    DEVICE_COUNT = "retort.device_count"
+    NUM_NODES = "retort.num_nodes"
+    WORLD_SIZE = "retort.world_size"
+    PRECISION = "retort.precision"
+    FAILURE = "retort.failure"              # why a run ended FAILED or KILLED
+    RESUMED = "retort.resumed"              # "true" once a run was continued with --resume
+    RERUN_OF = "retort.rerun_of"            # the run a `retort rerun` repeated
+
+    # a sweep's parent run
+    SWEEP = "retort.sweep"                  # "parent" on a sweep's parent run
+    SWEEP_METRIC = "retort.sweep.metric"
+    SWEEP_DIRECTION = "retort.sweep.direction"
+    STUDY = "retort.study"                  # on the parent and on every trial's run
+    TRIALS = "retort.trials"
+    WORKERS = "retort.workers"
+    SAMPLER_SEEDS = "retort.sampler_seeds"
+    STORAGE = "retort.storage"
+    DASHBOARD = "retort.dashboard"
+    BEST_TRIAL = "retort.best_trial"
+    BEST_RUN_ID = "retort.best_run_id"
+    BEST_PARAMS = "retort.best_params"
+    ANALYSIS_NOTES = "retort.analysis_notes"
+
+    # a sweep trial's run
+    TRIAL = "retort.trial"                  # the Optuna trial number
+    TRIAL_STATE = "retort.trial_state"      # COMPLETE, PRUNED or FAIL
+    PRUNED = "retort.pruned"                # why it was pruned
+    WORKER = "retort.worker"
+    SAMPLER_SEED = "retort.sampler_seed"
+    RETRY_OF = "retort.retry_of"            # the trial number a re-queued trial repeats
+
+    # MLflow's own
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    RUN_NAME = "mlflow.runName"
+    SOURCE_NAME = "mlflow.source.name"
+
+
+class Metric:
+    """Metric keys the loop writes (``val/<metric>`` and ``test/<metric>`` for each recipe metric)."""
+
+    TRAIN_LOSS = "train/loss"               # per step
+    TRAIN_LOSS_EPOCH = "train/loss_epoch"   # the epoch's average over all ranks
+    VAL_LOSS = "val/loss"
+    TEST_LOSS = "test/loss"
+    LR = "lr"
+    SYSTEM_PREFIX = "system/"
+
+
+class StudyAttr:
+    """Optuna study and trial attributes."""
+
+    METRIC = "retort.metric"                # study user attr: the metric the study optimizes
+    RECIPE = "retort.recipe"                # study user attr: the base recipe's name
+    PARENT_RUN_ID = "mlflow_parent_run_id"  # study user attr: the sweep's parent MLflow run
+    OWNER = "retort:owner"                  # trial system attr: {host, pid, ctime, worker, seed} of its worker
+    BEAT = "retort:heartbeat"               # trial system attr: time.time() of the owner's last heartbeat
+    RETRIED = "retort:retried"              # trial system attr: why it was failed and re-queued
+    FAIL_REASON = "fail_reason"             # trial system attr Optuna's own reporting reads
+    RUN_ID = "mlflow_run_id"                # trial user attr: the trial's MLflow run
+    RETRY_OF = "retry_of"                   # trial user attr: the number of the trial this one repeats
+    FAILURE = "failure"                     # trial user attr: why the trial failed
