@@ -518,3 +518,23 @@ def test_clip_per_tensor_norm_clips_each_tensor_to_its_own_norm():
     with pytest.raises(RuntimeError, match="non-finite"):
         clip_per_tensor_norm_([a, b], 2.0)
     assert a.grad.tolist() == [3.0, 4.0]  # nothing clipped before the error
+
+
+def test_adam_follows_flux_when_a_schedule_changes_beta_mid_run():
+    # fixed β runs torch's fused kernel; a changed β hands the state to the written-out rule, whose βt
+    # (the product of the β of every step so far) carries on from the kernel's step count
+    hp = {**FLUX_DEFAULTS["adam"], "betas": [0.8, 0.95]}
+    p = torch.nn.Parameter(torch.tensor(X0))
+    opt = plugins.build("optimizer", {"name": "adam", "betas": [0.8, 0.95]}, [p])
+    init, apply = REFERENCE["adam"]
+    x, state = X0.copy(), init(X0, hp, hp["lr"])
+    for i, g in enumerate(GRADS):
+        if i == 3:
+            opt.param_groups[0]["betas"] = (0.7, 0.9)
+            hp["betas"] = [0.7, 0.9]
+        assert ("step" in opt.state[p]) == (0 < i <= 3)  # the kernel's state until β changed
+        p.grad = torch.tensor(g)
+        opt.step()
+        state, dx = apply(state, x, g, hp["lr"], hp)
+        x = x - dx
+        np.testing.assert_allclose(p.detach().numpy(), x, rtol=1e-10, atol=1e-13, err_msg=f"step {i + 1}")
