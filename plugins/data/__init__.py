@@ -1,0 +1,28 @@
+"""Data plugins: in-memory tables, seeded splits and a fast tensor loader.
+
+A data factory returns a :class:`Table` (every row in memory as numpy arrays). :func:`prepare` splits
+it (test first, then validation from the rest, stratified for classification), fits the scaling on
+the training split only and returns torch tensors with a :class:`DataInfo` that models and metrics
+are built from. :class:`TensorLoader` batches in-memory tensors by slicing a permutation, which is
+much cheaper than torch's ``DataLoader`` (per-sample indexing and collation) for small data sets::
+
+    >>> from retort import plugins
+    >>> from retort.plugins.data import prepare
+    >>> splits = prepare(plugins.build("data", "digits"), val_fraction=0.2, test_fraction=0.2, seed=0)
+    >>> splits.info.n_train, splits.info.n_val, splits.info.n_test
+    (1077, 360, 360)
+
+One module per question: ``tables`` (what a data set is; the built-in tables), ``files`` (CSV, NPZ),
+``splits`` (seeded splits and scaling), ``loader`` (batches of in-memory tensors). Importing this package
+registers every built-in data plugin.
+"""
+
+from retort.plugins.data.files import csv_file, npz_file
+from retort.plugins.data.loader import TensorLoader
+from retort.plugins.data.splits import prepare, table_digest
+from retort.plugins.data.tables import IMAGE_DATASETS, MAX_AUTO_CLASSES, TASKS, DataInfo, Splits, Table
+
+__all__ = [
+    "IMAGE_DATASETS", "MAX_AUTO_CLASSES", "TASKS", "DataInfo", "Splits", "Table", "TensorLoader", "csv_file",
+    "npz_file", "prepare", "table_digest",
+]
