@@ -29,13 +29,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from retort import plugins
 from retort.plugins.callbacks import NonFiniteLoss
-from retort.plugins.data import DataInfo, Splits, TensorLoader
+from retort.plugins.data import DataInfo, DatasetSplits, Splits, TensorLoader
+from retort.plugins.data.serve import make_loader, start_epoch
 from retort.plugins.errors import RecipeError
 from retort.recipes.schema import Recipe, metric_key, plugin_spec
 from retort.tracking.vocabulary import Metric
+
+LOADER_OPTIONS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
 
 
 def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> Any:
@@ -47,9 +51,10 @@ def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> An
 
 
 class RecipeData(pl.LightningDataModule):
-    """In-memory splits served by slicing tensors (faster than a per-sample DataLoader here)."""
+    """Tables: in-memory splits served by slicing tensors (faster than a per-sample DataLoader); data sets:
+    torch DataLoaders with the recipe's worker settings, in a seeded order that resumes mid-epoch."""
 
-    def __init__(self, recipe: Recipe, splits: Splits):
+    def __init__(self, recipe: Recipe, splits: Splits | DatasetSplits):
         super().__init__()
         self.splits = splits
         self.seed = recipe.seed
@@ -57,33 +62,80 @@ class RecipeData(pl.LightningDataModule):
         self.eval_batch_size = recipe.data["eval_batch_size"]
         self.shuffle = recipe.data["shuffle"]
         self.drop_last = recipe.data["drop_last"]
-        self._train: TensorLoader | None = None
+        self.loader_options = {k: recipe.data[k] for k in LOADER_OPTIONS}
+        self._train: TensorLoader | DataLoader | None = None
+        self._epoch = (0, 0)  # the epoch the next training pass serves, and its first batch
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_dataloader(self) -> TensorLoader:
+    def _loader(self, split: Any, batch_size: int, shuffle: bool, drop_last: bool) -> TensorLoader | DataLoader:
         rank, world = self._rank()
-        x, y = self.splits.train
-        self._train = TensorLoader(x, y, self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                                   drop_last=self.drop_last, rank=rank, world_size=world)
+        if isinstance(split, tuple):
+            x, y = split
+            return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=self.seed, drop_last=drop_last, rank=rank,
+                                world_size=world)
+        return make_loader(split, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+                           drop_last=drop_last, **self.loader_options)
+
+    def train_dataloader(self) -> TensorLoader | DataLoader:
+        self._train = self._loader(self.splits.train, self.batch_size, self.shuffle, self.drop_last)
+        self.set_epoch(*self._epoch)
         return self._train
 
-    def _eval(self, split: tuple[Tensor, Tensor]) -> TensorLoader:
-        rank, world = self._rank()
-        x, y = split
-        return TensorLoader(x, y, self.eval_batch_size, shuffle=False, rank=rank, world_size=world)
+    def _eval(self, split: Any) -> TensorLoader | DataLoader | list[Any]:
+        empty = split is None or (isinstance(split, tuple) and not len(split[0]))
+        return [] if empty else self._loader(split, self.eval_batch_size, False, False)
 
-    def val_dataloader(self) -> TensorLoader | list[Any]:
-        return self._eval(self.splits.val) if len(self.splits.val[0]) else []
+    def val_dataloader(self) -> TensorLoader | DataLoader | list[Any]:
+        return self._eval(self.splits.val)
 
-    def test_dataloader(self) -> TensorLoader | list[Any]:
-        return self._eval(self.splits.test) if len(self.splits.test[0]) else []
+    def test_dataloader(self) -> TensorLoader | DataLoader | list[Any]:
+        return self._eval(self.splits.test)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if self._train is not None:
+        """The next training pass serves ``epoch`` from ``start_batch`` on. A resumed run sets it when its
+        checkpoint loads, before Lightning first iterates the loader (workers fetch ahead at once)."""
+        self._epoch = (epoch, start_batch)
+        if isinstance(self._train, TensorLoader):
             self._train.set_epoch(epoch, start_batch)
+        elif self._train is not None:
+            start_epoch(self._train, epoch, start_batch)
+
+
+def sequence_rows(yhat: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Sequence logits (B, T, V) with targets (B, T) -> (B*T, V) and (B*T,): one row per position, so that
+    losses and metrics for classes apply as they are."""
+    if yhat.ndim == 3 and y.ndim == 2:
+        return yhat.reshape(-1, yhat.shape[-1]), y.reshape(-1)
+    return yhat, y
+
+
+def check_batch(module: RecipeModule, splits: DatasetSplits) -> None:
+    """Two training samples through the model and the loss, before anything is recorded: a data set whose
+    samples do not fit them is bad input (exit 2), not a failed run."""
+    from retort.plugins.data.serve import make_loader
+
+    recipe = module.recipe
+    try:
+        x, y = next(iter(make_loader(splits.train, 2, shuffle=False, seed=recipe.seed)))
+    except Exception as exc:
+        raise RecipeError(f"reading a batch of data {splits.info.name!r} failed: {exc}", field="data") from None
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            loss = module.loss_fn(*sequence_rows(module(x), y))
+    except Exception as exc:
+        raise RecipeError(f"a batch of data {splits.info.name!r} (x {tuple(x.shape)} {x.dtype}, y {tuple(y.shape)} "
+                          f"{y.dtype}) does not fit model {recipe.model['name']!r} and loss {recipe.loss['name']!r}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", field="data") from None
+    finally:
+        module.train(training)
+    if loss.ndim != 0:
+        raise RecipeError(f"loss {recipe.loss['name']!r} gives shape {tuple(loss.shape)} on a batch of data "
+                          f"{splits.info.name!r}, not one number", field="loss")
 
 
 def steps_per_epoch(recipe: Recipe, info: DataInfo, world_size: int = 1) -> int:
@@ -103,7 +155,7 @@ class RecipeModule(pl.LightningModule):
         self.info = info
         self.world = world_size
         model = build_plugin("model", plugin_spec("model", recipe.model), "model", info)
-        head = {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid()}.get(recipe.model["head"])
+        head = {"softmax": nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid()}.get(recipe.model["head"])
         self.net = model if head is None else nn.Sequential(model, head)
         self.loss_fn = build_plugin("loss", recipe.loss, "loss")
         self.val_metrics = nn.ModuleDict(
@@ -136,7 +188,7 @@ class RecipeModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         yhat = self(x)  # forward
-        loss = self.loss_fn(yhat, y)  # loss
+        loss = self.loss_fn(*sequence_rows(yhat, y))  # loss
         self.manual_backward(loss / self.accumulate if self.accumulate > 1 else loss)  # gradients
         optimizer = self.optimizers()
         self.step_lrs.append(float(optimizer.param_groups[0]["lr"]))
@@ -168,11 +220,12 @@ class RecipeModule(pl.LightningModule):
         self._prepared_epoch = self.current_epoch
         done = self._resumed_batches  # a run resumed mid-epoch keeps the batches it already trained
         self._resumed_batches = 0
-        if not done:
-            self.step_losses, self.step_lrs = [], []
+        if done:
+            return  # its data was set up when the checkpoint loaded
+        self.step_losses, self.step_lrs = [], []
         datamodule = self.trainer.datamodule
         if datamodule is not None:
-            datamodule.set_epoch(self.current_epoch, start_batch=done)
+            datamodule.set_epoch(self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what Lightning does not keep: this epoch's losses so far, the counters, and the RNG (dropout)
@@ -191,6 +244,9 @@ class RecipeModule(pl.LightningModule):
         self.step_lrs = list(state["step_lrs"])
         self._resumed_batches = len(self.step_losses)
         torch.set_rng_state(state["rng"])
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and self._resumed_batches:
+            datamodule.set_epoch(checkpoint["epoch"], start_batch=self._resumed_batches)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 == self.trainer.num_training_batches and self.trainer.world_size > 1:
@@ -237,7 +293,7 @@ class RecipeModule(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: nn.ModuleDict) -> None:
         x, y = batch
-        yhat = self(x)
+        yhat, y = sequence_rows(self(x), y)
         loss = self.loss_fn(yhat, y)
         n = len(x)
         self._eval_sum = loss.detach() * n + (0 if self._eval_sum is None else self._eval_sum)

@@ -47,19 +47,27 @@ class Built:
 
 def build(recipe: Recipe, world_size: int = 1) -> Built:
     """Load the data and build model, loss, metrics and optimizer; raises :class:`RecipeError` on bad input."""
-    from retort.plugins.data import prepare
-    from retort.recipes.module import RecipeData, RecipeModule, build_plugin
+    from retort.plugins.data import as_datasets, is_datasets, prepare, split_datasets
+    from retort.recipes.module import RecipeData, RecipeModule, build_plugin, check_batch
 
     table = build_plugin("data", plugin_spec("data", recipe.data), "data")
     d = recipe.data
+    datasets = is_datasets(table)
     try:
-        splits = prepare(table, val_fraction=d["val_fraction"], test_fraction=d["test_fraction"],
-                         seed=recipe.seed, scale=d["scale"], target_scale=d["target_scale"])
+        if datasets:  # torch Datasets, served by DataLoaders
+            table = as_datasets(table)
+            splits = split_datasets(table, val_fraction=d["val_fraction"], test_fraction=d["test_fraction"],
+                                    seed=recipe.seed)
+        else:
+            splits = prepare(table, val_fraction=d["val_fraction"], test_fraction=d["test_fraction"],
+                             seed=recipe.seed, scale=d["scale"], target_scale=d["target_scale"])
     except plugins.PluginError as exc:
         raise RecipeError(str(exc), field=f"data.{exc.field}" if exc.field else "data") from None
     splits = replace(splits, info=_fit_loss(recipe, splits.info))
     module = RecipeModule(recipe, splits.info, world_size)
     module.configure_optimizers()  # build optimizer and schedule now, so their errors are input errors
+    if datasets:
+        check_batch(module, splits)
     return Built(recipe, table, splits, module, RecipeData(recipe, splits))
 
 
@@ -256,6 +264,7 @@ class _Fit:
             callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
             default_root_dir=str(tmp), limit_val_batches=1.0 if has_val else 0,
+            use_distributed_sampler=False,  # the data module shards by rank itself, in a resumable order
         )
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 

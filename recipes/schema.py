@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from retort import plugins
 from retort.plugins.errors import RecipeError
@@ -36,6 +36,18 @@ class DataOptions(_Options):
     shuffle: bool = Field(True, description="reshuffle the training rows every epoch (seeded)")
     drop_last: bool = Field(False, description="drop the last, smaller training batch")
     eval_batch_size: int = Field(1024, gt=0, description="batch size of validation and test passes")
+    # torch DataLoader settings for data plugins that return data sets (tables are sliced in memory)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (data sets only)")
+    pin_memory: bool = Field(False, description="DataLoader pin_memory, for copies to a GPU (data sets only)")
+    persistent_workers: bool = Field(False, description="keep workers between epochs (needs num_workers > 0)")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead (torch: 2)")
+
+    @field_validator("persistent_workers", "prefetch_factor")
+    @classmethod
+    def _needs_workers(cls, value: Any, info: ValidationInfo) -> Any:
+        if value not in (None, False) and not info.data.get("num_workers"):
+            raise ValueError(f"{info.field_name} needs num_workers of at least 1")
+        return value
 
 
 class ModelOptions(_Options):

@@ -12,17 +12,24 @@ much cheaper than torch's ``DataLoader`` (per-sample indexing and collation) for
     >>> splits.info.n_train, splits.info.n_val, splits.info.n_test
     (1077, 360, 360)
 
-One module per question: ``tables`` (what a data set is; the built-in tables), ``files`` (CSV, NPZ),
-``splits`` (seeded splits and scaling), ``loader`` (batches of in-memory tensors). Importing this package
-registers every built-in data plugin.
+A data factory may instead return torch ``Dataset``s (:class:`DataSets`, or one ``Dataset`` that retort
+splits by seeded index: :func:`split_datasets`); those are served through torch's ``DataLoader``.
+
+One module per question: ``tables`` (what a table is; the built-in tables), ``files`` (CSV, NPZ), ``splits``
+(seeded splits and scaling of tables), ``loader`` (batches of in-memory tensors), ``datasets`` (data sets
+that are not tables), ``serve`` (their DataLoaders: order, shards, resume), ``arrays`` (``.npy`` rows read on
+demand: data larger than memory). Importing this package registers every built-in data plugin.
 """
 
+from retort.plugins.data.arrays import npy_files
+from retort.plugins.data.datasets import Batch, DataSets, DatasetSplits, as_datasets, is_datasets, split_datasets
 from retort.plugins.data.files import csv_file, npz_file
 from retort.plugins.data.loader import TensorLoader
 from retort.plugins.data.splits import prepare, table_digest
 from retort.plugins.data.tables import IMAGE_DATASETS, MAX_AUTO_CLASSES, TASKS, DataInfo, Splits, Table
 
 __all__ = [
-    "IMAGE_DATASETS", "MAX_AUTO_CLASSES", "TASKS", "DataInfo", "Splits", "Table", "TensorLoader", "csv_file",
-    "npz_file", "prepare", "table_digest",
+    "IMAGE_DATASETS", "MAX_AUTO_CLASSES", "TASKS", "Batch", "DataInfo", "DataSets", "DatasetSplits", "Splits",
+    "Table", "TensorLoader", "as_datasets", "csv_file", "is_datasets", "npy_files", "npz_file", "prepare",
+    "split_datasets", "table_digest",
 ]
