@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,6 +238,24 @@ def test_rerun_warns_when_code_or_environment_differ(client, workdir: Path):
     assert any(f"torch 1.0.0 -> {torch.__version__}" in w for w in warnings)
 
 
+@contextlib.contextmanager
+def sql_statements():
+    """The SQL statements every SQLAlchemy engine sends meanwhile, with the number of rows each carries."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[tuple[str, int]] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany):
+        seen.append((" ".join(statement.split()), len(parameters) if executemany else 1))
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backend: str, tmp_path: Path,
                                                                           request: pytest.FixtureRequest):
@@ -257,9 +277,17 @@ def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backen
         record.log_series("train/loss", [0.5, 0.25, float("nan"), 0.125], [1, 2, 3, 4])
         record.log({"val/loss": float("inf"), "val/acc": 0.5}, step=1)
         record.log({"val/loss": -float("inf"), "val/acc": 0.75}, step=2)
-    fast.flush()
-    slow.client.log_batch(slow.run_id, metrics=slow._buffer)  # MLflow's own path, for comparison
+    with sql_statements() as fast_sql:
+        fast.flush()
+    with sql_statements() as slow_sql:
+        slow.client.log_batch(slow.run_id, metrics=slow._buffer)  # MLflow's own path, for comparison
     slow._buffer = []
+    # the fast path ran: one INSERT of all 8 values into MLflow's metrics table, skipping duplicates the
+    # dialect's way (log_batch's own INSERT has no such clause)
+    marker = "INSERT OR IGNORE INTO metrics" if backend == "sqlite" else "ON CONFLICT DO NOTHING"
+    inserts = [(sql, rows) for sql, rows in fast_sql if re.match(r"INSERT (OR IGNORE )?INTO metrics\b", sql)]
+    assert len(inserts) == 1 and marker in inserts[0][0] and inserts[0][1] == 8, fast_sql
+    assert not any(marker in sql for sql, _ in slow_sql)
     client = MlflowClient(tracking_uri=uri)
 
     def stored(run_id: str) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retort.plugins.errors import RecipeError
+from retort.tracking import mlflow_sql
 from retort.tracking.vocabulary import Metric, Tag
 
 HELP = "compare runs: the params that differ, each metric's last and best value; CSV; an HTML report"
@@ -253,34 +254,6 @@ def written_once(metric: str) -> bool:
     return metric.startswith(ONCE)
 
 
-_MAX_FLOAT = 1.7976931348623157e308  # MLflow's SQL stores keep +-inf as +-max float
-
-
-def _sql_uri(uri: str) -> bool:
-    return uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
-
-
-def _sql_query(uri: str, select_sql: str, run_ids: Sequence[str], keys: Sequence[str], tail: str) -> list[Any]:
-    """Rows of MLflow's ``metrics`` table for these runs and keys, 500 runs per query."""
-    from sqlalchemy import bindparam, create_engine, text
-
-    engine = create_engine(uri)
-    rows: list[Any] = []
-    try:
-        query = text(f"{select_sql} FROM metrics WHERE run_uuid IN :runs AND key IN :keys {tail}").bindparams(
-            bindparam("runs", expanding=True), bindparam("keys", expanding=True))
-        with engine.connect() as conn:
-            for i in range(0, len(run_ids), 500):
-                rows += conn.execute(query, {"runs": list(run_ids[i: i + 500]), "keys": list(keys)}).all()
-    finally:
-        engine.dispose()
-    return rows
-
-
-def _unclip(v: float) -> float:
-    return math.copysign(math.inf, v) if abs(v) >= _MAX_FLOAT else v
-
-
 def _client_histories(client: Any, run_ids: Sequence[str], keys: Sequence[str]) -> dict[tuple[str, str], list]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -299,11 +272,9 @@ def extremes(sel: Selection, run_ids: Sequence[str], keys: Sequence[str],
     """
     if not run_ids or not keys:
         return {}
-    if backend in ("auto", "sql") and _sql_uri(sel.uri):
+    if backend in ("auto", "sql") and mlflow_sql.is_sql(sel.uri):
         try:
-            rows = _sql_query(sel.uri, "SELECT run_uuid, key, MIN(value), MAX(value)", run_ids, keys,
-                              "AND is_nan = false GROUP BY run_uuid, key")
-            return {(r[0], r[1]): (_unclip(r[2]), _unclip(r[3])) for r in rows}
+            return mlflow_sql.extremes(sel.uri, run_ids, keys)
         except Exception:
             if backend == "sql":
                 raise
@@ -322,10 +293,9 @@ def histories(sel: Selection, run_ids: Sequence[str], keys: Sequence[str],
     if not run_ids or not keys:
         return {}
     rows: Iterable[tuple[str, str, int, int, float]] | None = None
-    if backend in ("auto", "sql") and _sql_uri(sel.uri):
+    if backend in ("auto", "sql") and mlflow_sql.is_sql(sel.uri):
         try:
-            found = _sql_query(sel.uri, "SELECT run_uuid, key, step, timestamp, value, is_nan", run_ids, keys, "")
-            rows = [(r[0], r[1], r[2], r[3], math.nan if r[5] else _unclip(r[4])) for r in found]
+            rows = mlflow_sql.history_rows(sel.uri, run_ids, keys)
         except Exception:
             if backend == "sql":
                 raise
