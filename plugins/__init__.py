@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import types
 import typing
 import warnings
@@ -327,11 +328,42 @@ def _check_value(kind: str, name: str, param: Param, value: Any) -> Any:
     if adapter is None:
         adapter = _adapters[ann] = TypeAdapter(ann)
     try:
-        return _plain(adapter.validate_python(value))
+        checked = _plain(adapter.validate_python(value))
     except ValidationError as exc:
         msg = "; ".join(e["msg"] for e in exc.errors())
         raise PluginError(f"{kind} {name!r} field {param.name!r}: {msg} (got {value!r})",
                           field=param.name) from None
+    problem = loose(ann, value)
+    if problem:
+        raise PluginError(f"{kind} {name!r} field {param.name!r}: {problem} (got {value!r})", field=param.name)
+    return checked
+
+
+def loose(ann: Any, value: Any) -> str | None:
+    """What pydantic lets through but a recipe must not mean: ``true`` for a number (it would run with 1),
+    an infinite or NaN number."""
+    if isinstance(value, bool):
+        return None if _takes_bool(ann) else "must be a number, not true/false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, (list, tuple)):
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis] or [Any]
+        inner = args[0] if typing.get_origin(ann) in (list, tuple) and len(args) == 1 else Any
+        return next((p for p in (loose(inner, v) for v in value) if p), None)
+    return None
+
+
+def _takes_bool(ann: Any) -> bool:
+    if ann is bool or ann is Any:
+        return True
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return any(isinstance(a, bool) for a in typing.get_args(ann))
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_bool(a) for a in typing.get_args(ann))
+    if origin is typing.Annotated:
+        return _takes_bool(typing.get_args(ann)[0])
+    return origin is None and ann not in (int, float)
 
 
 _SIMPLE = (int, float, bool, str, type(None))
@@ -359,6 +391,6 @@ def describe(kind: str | None = None) -> list[tuple[str, str, str, str]]:
 
 __all__ = [
     "ARITY", "ENTRY_POINT_GROUP", "KINDS", "Entry", "Param", "PluginError", "add", "available",
-    "build", "closest", "describe", "did_you_mean", "entries", "get", "register", "resolve",
+    "build", "closest", "describe", "did_you_mean", "entries", "get", "loose", "register", "resolve",
     "split_spec",
 ]

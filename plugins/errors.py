@@ -9,7 +9,8 @@ class RecipeError(ValueError):
     """Bad input: a recipe, an override or a data file that cannot be used.
 
     ``field`` is the dotted path of the offending field (``optimizer.lr``) and ``source`` the file
-    it came from, when known. ``str()`` gives the one-line message the CLI prints.
+    it came from, when known. ``str()`` gives the one-line message the CLI prints, each part shortened
+    (a 5 MB value quoted in a message must not make a 5 MB line).
     """
 
     def __init__(self, message: str, *, field: str | None = None, source: str | None = None):
@@ -19,8 +20,19 @@ class RecipeError(ValueError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = ": ".join(p for p in (self.source, self.field) if p)
-        return f"{where}: {self.message}" if where else self.message
+        parts = [shorten(p, 200) for p in (self.source, self.field) if p]
+        where = ": ".join(parts)
+        message = shorten(self.message, 1000)
+        return f"{where}: {message}" if where else message
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line and at most about ``limit`` characters: its start and end around the count cut."""
+    text = " ".join(str(text).splitlines()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    if len(text) <= limit:
+        return text
+    keep = limit // 2 - 20
+    return f"{text[:keep]}... ({len(text) - 2 * keep:,} characters) ...{text[-keep:]}"
 
 
 class RunFailed(RuntimeError):

@@ -118,8 +118,8 @@ def load(path_or_name: str | Path, overrides: list[str] | None = None) -> Recipe
 
     path = find(path_or_name)
     raw = load_file(path)
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file is more likely a mistake than a wish for every default
+        raise RecipeError("the recipe file is empty; write {} to train every default", source=str(path))
     if not isinstance(raw, dict):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(raw).__name__}", source=str(path))
     apply_overrides(raw, list(overrides or []))

@@ -43,11 +43,17 @@ LOADER_OPTIONS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_f
 
 
 def build_plugin(kind: str, spec: Any, path: str, *args: Any, **fill: Any) -> Any:
-    """``plugins.build`` whose input errors name the recipe field (``optimizer.lr``)."""
+    """``plugins.build`` whose input errors name the recipe field (``optimizer.lr``). A factory that refuses
+    its arguments (a ``TypeError`` or ``ValueError``: a torch class given a string for a function) is bad
+    input too: nothing is recorded yet."""
     try:
         return plugins.build(kind, spec, *args, **fill)
     except plugins.PluginError as exc:
         raise RecipeError(str(exc), field=f"{path}.{exc.field}" if exc.field else path) from None
+    except (TypeError, ValueError) as exc:
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        raise RecipeError(f"{kind} {name!r} cannot be built from these fields: {type(exc).__name__}: {exc}",
+                          field=path) from None
 
 
 class RecipeData(pl.LightningDataModule):

@@ -41,6 +41,7 @@ class Built:
     splits: Any
     module: Any
     datamodule: Any
+    callbacks: list[Any]  # the recipe's own, built
 
 
 # --- build: every bad input is found here ---------------------------------------------------------
@@ -68,7 +69,28 @@ def build(recipe: Recipe, world_size: int = 1) -> Built:
     module.configure_optimizers()  # build optimizer and schedule now, so their errors are input errors
     if datasets:
         check_batch(module, splits)
-    return Built(recipe, table, splits, module, RecipeData(recipe, splits))
+    callbacks = [build_plugin("callback", spec, f"callbacks.{i}") for i, spec in enumerate(recipe.callbacks)]
+    _check_trainer(recipe)
+    return Built(recipe, table, splits, module, RecipeData(recipe, splits), callbacks)
+
+
+def _check_trainer(recipe: Recipe) -> None:
+    """Lightning's own checks of accelerator, devices, strategy and precision on this machine (a trainer
+    built and dropped: about 20 ms), so that ``devices: 0`` or a GPU that is not there is bad input."""
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    t = recipe.trainer
+    try:
+        pl.Trainer(accelerator=t["accelerator"], devices=t["devices"], strategy=t["strategy"],
+                   num_nodes=t["num_nodes"], precision=t["precision"], logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, TypeError, ValueError, RuntimeError) as exc:
+        text = str(exc)
+        field = next((f"trainer.{name}" for name in ("devices", "strategy", "precision", "num_nodes")
+                      if name in text), "trainer.accelerator")
+        raise RecipeError(f"{text} (accelerator {t['accelerator']!r}, devices {t['devices']!r}, strategy "
+                          f"{t['strategy']!r})", field=field) from None
 
 
 def _fit_loss(recipe: Recipe, info: Any) -> Any:
@@ -193,7 +215,7 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
 def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> None:
     """What a reviewer needs to re-run it: the resolved recipe, the data's digest, the environment, the code."""
     from retort.recipes.yamlio import dumps
-    from retort.tracking.context import code_states, environment, mask_tree
+    from retort.tracking.context import code_states, environment, mask, mask_tree
 
     record.log_text(dumps(mask_tree(recipe.to_dict())), "recipe.yaml")
     info = built.splits.info
@@ -203,7 +225,7 @@ def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> Non
     record.log_text(environment(), "requirements.txt")
     for prefix, state in code_states(recipe.source).items():
         if state.dirty:
-            record.log_text(state.diff, "git.diff" if prefix == "git" else f"{prefix}.diff")
+            record.log_text(mask(state.diff), "git.diff" if prefix == "git" else f"{prefix}.diff")
 
 
 def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:
@@ -247,7 +269,7 @@ class _Fit:
         callbacks: list[pl.Callback] = [recorder, self.interruption, self.run_id_callback]
         if not self.quiet:
             callbacks.append(EpochLine(t["max_epochs"]))
-        user = [plugins.build("callback", spec) for spec in recipe.callbacks]
+        user = list(built.callbacks)
         for cb in user:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(tmp / "checkpoints")

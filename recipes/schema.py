@@ -22,7 +22,16 @@ from retort.tracking.vocabulary import Metric
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``batch_size: true`` would run with 1: a number field takes numbers only."""
+        problem = plugins.loose(cls.model_fields[info.field_name].annotation, value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class DataOptions(_Options):
@@ -160,7 +169,8 @@ class SweepOptions(_Options):
     trials: int = Field(20, ge=1, description="finished trials the study should hold, over all workers")
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     pruner: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
-    seed: int | None = Field(None, description="sampler seed (default: the recipe's seed); worker i adds i")
+    seed: int | None = Field(None, ge=0, lt=2**32 - 1024,
+                             description="sampler seed (default: the recipe's seed); worker i adds i")
     sampler_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the sampler")
     pruner_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the pruner")
     lr_scaling: LrScaling | None = Field(None, description="scale the lr with the batch size")
@@ -266,6 +276,8 @@ def _resolve(raw: Mapping[str, Any], default_name: str) -> Recipe:
     name = _scalar(raw, "name", str, default_name)
     description = _scalar(raw, "description", str, "")
     seed = _scalar(raw, "seed", int, 0)
+    if not 0 <= seed < 2**32:
+        raise RecipeError(f"must be from 0 to 2**32 - 1 (numpy's seed range), got {seed}", field="seed")
     sections = {k: _plugin_section(k, raw.get(k, _DEFAULTS[k]), k) for k in ("data", "model", "loss", "optimizer")}
     scheduler = raw.get("scheduler")
     scheduler = None if scheduler is None else _plugin_section("scheduler", scheduler, "scheduler")
@@ -280,7 +292,26 @@ def _resolve(raw: Mapping[str, Any], default_name: str) -> Recipe:
     recipe = Recipe(name=name, description=description, seed=seed, scheduler=scheduler, callbacks=callbacks,
                     metrics=metrics, trainer=trainer, tracking=tracking, sweep=sweep, **sections)
     _check_consistency(recipe)
+    _check_lengths(recipe)
     return recipe
+
+
+MAX_VALUE_CHARS = 6000  # MLflow's limit on a param's value: every field is recorded as one
+
+
+def _check_lengths(r: Recipe) -> None:
+    """Every field fits the record (checked now: MLflow would refuse it after the run exists)."""
+    import json
+
+    for key, value in r.flat().items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if len(key) > 250 or len(text) > MAX_VALUE_CHARS:
+            what = f"a field name of {len(key):,} characters" if len(key) > 250 else f"{len(text):,} characters"
+            raise RecipeError(f"{what}; the record keeps names up to 250 and values up to {MAX_VALUE_CHARS:,}",
+                              field=key)
+    name = r.tracking["run_name"]
+    if name is not None and len(name) > 250:
+        raise RecipeError(f"{len(name):,} characters; a run name is at most 250", field="tracking.run_name")
 
 
 def _scalar(raw: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
@@ -383,6 +414,9 @@ def _check_consistency(r: Recipe) -> None:
         if monitor is not None and monitor not in known:
             raise RecipeError(f"{monitor!r} is not recorded by this recipe{plugins.did_you_mean(monitor, known)}; "
                               f"valid choices: {', '.join(known)}", field=f"{path}.monitor")
+        if monitor is not None and monitor.startswith("val/") and r.data["val_fraction"] == 0:
+            raise RecipeError(f"{monitor!r} needs a validation split: set data.val_fraction above 0, or monitor "
+                              "train/loss_epoch", field=f"{path}.monitor")
     if r.scheduler is not None and r.scheduler["name"] == "plateau" and r.scheduler["warmup"]:
         raise RecipeError("warmup cannot precede a plateau schedule", field="scheduler.warmup")
     if r.data["val_fraction"] + r.data["test_fraction"] >= 1:

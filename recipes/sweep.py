@@ -1333,7 +1333,8 @@ def _open_parent(study: Any, plan: Plan, base: Any) -> Any:
     parent), else a new one."""
     from mlflow import MlflowClient
 
-    from retort.tracking.context import version
+    from retort.recipes.yamlio import dumps
+    from retort.tracking.context import mask_tree, version
     from retort.tracking.record import RunRecord
 
     client = MlflowClient(tracking_uri=plan.tracking_uri)
@@ -1357,7 +1358,7 @@ def _open_parent(study: Any, plan: Plan, base: Any) -> Any:
             "optuna.version": version("optuna"), Tag.RUN_NAME: f"sweep {plan.study}"}
     params = {k: v for k, v in base.flat().items() if k.startswith("sweep.")}
     record = RunRecord.start(plan.tracking_uri, plan.experiment, params=params, tags=tags)
-    record.log_text(base.to_yaml(), "base_recipe.yaml")
+    record.log_text(dumps(mask_tree(base.to_dict())), "base_recipe.yaml")
     study.set_user_attr(StudyAttr.PARENT_RUN_ID, record.run_id)
     return record
 
@@ -1404,6 +1405,9 @@ def _conclude(study: Any, plan: Plan, base: Any, record: Any, problems: list[str
 
 def _log_best_recipe(record: Any, plan: Plan, base: Any, best: Any, tmp: Path) -> None:
     """``best_recipe.yaml``: the recipe the best trial ran (its run's own artifact when this store has it)."""
+    from retort.recipes.yamlio import dumps
+    from retort.tracking.context import mask_tree
+
     text = None
     run_id = best.user_attrs.get(RUN_ID)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -1411,7 +1415,7 @@ def _log_best_recipe(record: Any, plan: Plan, base: Any, best: Any, tmp: Path) -
         with contextlib.suppress(Exception):
             text = Path(record.client.download_artifacts(run_id, "recipe.yaml", str(tmp))).read_text()
     if text is None:
-        text = trial_recipe(plan.raw, applied(decode(best.params, base), base), plan.source).to_yaml()
+        text = dumps(mask_tree(trial_recipe(plan.raw, applied(decode(best.params, base), base), plan.source).to_dict()))
     record.log_text(text, "best_recipe.yaml")
 
 

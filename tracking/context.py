@@ -22,7 +22,11 @@ from retort.tracking.vocabulary import Tag
 
 _SECRET_NAME = re.compile(r"(token|key|secret|password|passwd|credential|auth)", re.I)
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-_PAIR = re.compile(r"(?P<k>[A-Za-z_][\w.-]*)(?P<sep>=|:\s*)(?P<v>\S+)")
+# a value: quoted (spaces inside), else up to a space or the end of a flow mapping or list (a pair inside
+# ``{api_key: x}`` is a pair of its own); a value may not start with ``{`` or ``[``, so that the pairs
+# inside a mapping given as a value are each checked
+_PAIR = re.compile(r"""(?P<k>[A-Za-z_][\w.-]*)(?P<sep>[ \t]*=[ \t]*|:[ \t]*)"""
+                   r"""(?P<v>\*\*\*(?![^\s'",}\]])|"[^"]*"|'[^']*'|[^\s{\[,}\]][^\s,}\]]*)""")
 MASK = "***"
 
 
@@ -32,19 +36,28 @@ def mask(text: str) -> str:
     return _PAIR.sub(lambda m: f"{m['k']}{m['sep']}{MASK}" if _SECRET_NAME.search(m["k"]) else m[0], text)
 
 
+def secret_name(key: str) -> bool:
+    """Whether a dotted field name's last part says it holds a secret (``tracking.tags.api_token``)."""
+    return bool(_SECRET_NAME.search(str(key).rsplit(".", 1)[-1]))
+
+
 def mask_value(key: str, value: Any) -> Any:
     """A param or tag value as it may be recorded: masked when it or its name looks like a secret."""
     if isinstance(value, str):
-        return MASK if _SECRET_NAME.search(key.rsplit(".", 1)[-1]) and value else mask(value)
+        return MASK if secret_name(key) and value else mask(value)
     return value
 
 
-def mask_tree(data: Any, key: str = "") -> Any:
-    """A recipe (nested dicts and lists) with every secret-looking string masked."""
+def mask_tree(data: Any, key: str = "", secret: bool = False) -> Any:
+    """A recipe (nested dicts and lists) with every secret-looking string masked; everything under a
+    secret-named key (``credentials: {user: a, pw: b}``) is masked whole."""
+    secret = secret or (bool(key) and secret_name(key))
     if isinstance(data, dict):
-        return {k: mask_tree(v, str(k)) for k, v in data.items()}
+        return {k: mask_tree(v, str(k), secret) for k, v in data.items()}
     if isinstance(data, list):
-        return [mask_tree(v, key) for v in data]
+        return [mask_tree(v, key, secret) for v in data]
+    if secret and data is not None and not isinstance(data, bool):
+        return MASK
     return mask_value(key, data)
 
 
@@ -56,8 +69,26 @@ def version(dist: str) -> str:
 
 
 def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed, secrets masked, including those inside a mapping or list given as one
+    override's value (``-s 'tracking.tags={api_key: x}'``)."""
     argv = sys.argv if argv is None else argv
-    return mask(" ".join(shlex.quote(a) for a in ["retort", *argv[1:]]))
+    return " ".join(shlex.quote(mask(_mask_arg(a))) for a in ["retort", *argv[1:]])
+
+
+def _mask_arg(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if not sep or value.lstrip()[:1] not in ("{", "[") or len(value) > 100_000:
+        return arg
+    import json
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError):
+        return f"{key}={MASK}" if secret_name(key) else arg  # unreadable: keep it only if nothing can hide in it
+    masked = mask_tree(data, key)
+    return arg if masked == data else f"{key}={json.dumps(masked)}"
 
 
 @functools.lru_cache(maxsize=1)

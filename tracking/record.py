@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from retort.tracking.context import mask_value
+from retort.tracking.context import mask, mask_value
 from retort.tracking.mlflow_sql import insert_metrics
 from retort.tracking.store import experiment_id, prepare_store
 from retort.tracking.vocabulary import Metric, Tag
@@ -64,12 +64,14 @@ class RunRecord:
         client = MlflowClient(tracking_uri=uri)
         exp_id = experiment_id(client, uri, experiment)
         tags = {k: mask_value(k, str(v)) for k, v in (tags or {}).items()}
+        if "mlflow.runName" in tags:  # a sweep names its trials; MLflow refuses two different names
+            run_name = None
         # MLflow draws a run's name from Python's `random`, which the run has seeded: draw it from fresh
         # entropy so seed-0 runs get different names, and leave the seeded state as it was
         state = random.getstate()
         random.seed()
         try:
-            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+            run = client.create_run(exp_id, run_name=mask(run_name) if run_name else run_name, tags=tags)
         finally:
             random.setstate(state)
         record = cls(client, run.info.run_id, exp_id)
@@ -171,7 +173,7 @@ class RunRecord:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, mask_value(k, str(v))) for k, v in tags.items()])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -187,7 +189,7 @@ class RunRecord:
         try:
             self.flush()
             if reason:
-                self.set_tags({Tag.FAILURE: reason[:5000]})
+                self.set_tags({Tag.FAILURE: mask(reason)[:5000]})
         finally:
             self.client.set_terminated(self.run_id, status=status)
 

@@ -1,4 +1,5 @@
-"""The MLflow store: which one, creating it once before parallel writers start, and opening an existing one."""
+"""The MLflow store: which one, creating it once (atomically) before parallel writers start, and opening an
+existing one."""
 
 from __future__ import annotations
 
@@ -19,9 +20,32 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
 def resolve_uri(cli: str | None = None, recipe: str | None = None) -> str:
-    """``--tracking-uri``, else the recipe's ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else SQLite here."""
-    return cli or recipe or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``--tracking-uri``, else the recipe's ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else SQLite here.
+
+    A URI no store can be opened at (an unknown scheme, ``sqlite:///`` without a file) is bad input, named
+    by where it came from."""
+    uri = cli or recipe or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    field = "--tracking-uri" if cli else "tracking.uri" if recipe else "MLFLOW_TRACKING_URI"
+    check_uri(uri, field)
+    return uri
+
+
+def check_uri(uri: str, field: str = "--tracking-uri") -> None:
+    from retort.plugins.errors import RecipeError
+    from retort.tracking.context import mask
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in SCHEMES:
+        raise RecipeError(f"{mask(uri)!r} is not a tracking store URI; valid schemes: {', '.join(SCHEMES)} "
+                          f"(sqlite:///mlflow.db, postgresql://user@host/db, http://host:5000)", field=field)
+    path = sqlite_path(uri)
+    if scheme == "sqlite" and (path is None or not path.name):
+        raise RecipeError(f"{uri!r} names no database file: sqlite:///mlflow.db (relative to the working "
+                          f"folder) or sqlite:////absolute/path.db", field=field)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -37,23 +61,59 @@ def prepare_store(uri: str) -> None:
     Several processes opening a new SQLite database at once race in MLflow's schema migrations
     ("duplicate column name"); sweeps and DDP launches call this in one process before workers start,
     and every run calls it so that concurrent first runs queue instead of racing.
+
+    A new store is created and migrated in a temporary file that is moved into place when complete: a
+    process killed while MLflow migrates (SIGKILL, the OOM killer) leaves a temporary file, never a
+    half-migrated store that every later command would fail on. A folder where no store can be created
+    is bad input.
     """
+    from retort.plugins.errors import RecipeError
+
     path = sqlite_path(uri)
     if path is None or (path.exists() and str(path.resolve()) in _prepared):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        # The lock only guards creating and migrating; left behind, it would be an untracked file that marks
-        # every later run in a git working folder dirty. Removed only once the store is migrated: whoever
-        # locks after that (a waiter on this inode, or a newcomer on a fresh file) finds nothing to migrate.
-        with contextlib.suppress(FileNotFoundError):
-            lock_path.unlink()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                _open(uri)  # migrates a store made by an older MLflow
+            else:
+                _create(path)
+            # The lock only guards creating and migrating; left behind, it would be an untracked file that marks
+            # every later run in a git working folder dirty. Removed only once the store is migrated: whoever
+            # locks after that (a waiter on this inode, or a newcomer on a fresh file) finds nothing to migrate.
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()
+    except OSError as exc:
+        raise RecipeError(f"cannot create the store {str(path)!r}: {exc.strerror or exc}",
+                          field="--tracking-uri") from None
     _prepared.add(str(path.resolve()))
+
+
+def _open(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
+    return client
+
+
+def _create(path: Path) -> None:
+    """Create and migrate the store at ``path`` through a temporary file (the caller holds the lock)."""
+    for stale in path.parent.glob(f".{path.name}.*.creating*"):  # left by a creator that was killed
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        client = _open(f"sqlite:///{tmp.resolve()}")
+        client._tracking_client.store.engine.dispose()  # every connection closed before the file moves
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) or "unable to open database file" in str(exc):
+            raise OSError(str(exc).splitlines()[0]) from None
+        raise
+    os.replace(tmp, path)
 
 
 _prepared: set[str] = set()  # database files this process has prepared (each sweep trial's run asks again)
