@@ -64,7 +64,7 @@ class RunRecord:
         client = MlflowClient(tracking_uri=uri)
         exp_id = experiment_id(client, uri, experiment)
         tags = {k: mask_value(k, str(v)) for k, v in (tags or {}).items()}
-        if "mlflow.runName" in tags:  # a sweep names its trials; MLflow refuses two different names
+        if Tag.RUN_NAME in tags:  # a sweep names its trials; MLflow refuses two different names
             run_name = None
         # MLflow draws a run's name from Python's `random`, which the run has seeded: draw it from fresh
         # entropy so seed-0 runs get different names, and leave the seeded state as it was

@@ -35,7 +35,6 @@ def resolve_uri(cli: str | None = None, recipe: str | None = None) -> str:
 
 
 def check_uri(uri: str, field: str = "--tracking-uri") -> None:
-    from retort.plugins.errors import RecipeError
     from retort.tracking.context import mask
 
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
@@ -67,8 +66,6 @@ def prepare_store(uri: str) -> None:
     half-migrated store that every later command would fail on. A folder where no store can be created
     is bad input.
     """
-    from retort.plugins.errors import RecipeError
-
     path = sqlite_path(uri)
     if path is None or (path.exists() and str(path.resolve()) in _prepared):
         return
