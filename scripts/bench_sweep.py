@@ -9,7 +9,7 @@ Figures (goals from issue 4):
   20 trials. Per trial: its span in the study (ask to tell: sampling, the whole recipe run with its record,
   pruning reports) over its fit time, summed over the trials. Goal <= 1.10. Also the whole sweep's wall
   time over the sum of fit times, which adds the sweep's fixed costs (reported in seconds): for the engine
-  in a warm process (``tracking.sweep.sweep``: study, parent run, best recipe, importances, plots) and
+  in a warm process (``retort.recipes.sweep.sweep``: study, parent run, best recipe, importances, plots) and
   for the ``retort sweep`` command as typed (interpreter start and imports of torch, Lightning and MLflow
   included, about 5 s on 2 cores).
 - workers: trials per minute of ``retort sweep --workers 2`` over ``--workers 1``, the same 16 trials, 3 pairs; with
@@ -48,9 +48,9 @@ LR_ONLY = "sweep.space={optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}}"  
 def trials_of(storage: str, study: str) -> list:
     import optuna
 
-    from retort.recipes import sweep as sw
+    from retort.recipes.sweep.storage import open_storage
 
-    loaded = optuna.load_study(study_name=study, storage=sw.open_storage(storage))
+    loaded = optuna.load_study(study_name=study, storage=open_storage(storage))
     return sorted(loaded.get_trials(deepcopy=False), key=lambda t: t.number)
 
 
@@ -77,6 +77,7 @@ def spans(done: list) -> dict[str, float]:
 
 def overhead(folder: Path, epochs: int, trials: int) -> dict[str, float]:
     from retort.recipes import sweep as sw
+    from retort.recipes.sweep.storage import default_journal
 
     uri = f"sqlite:///{folder / 'overhead.db'}"
     sets = [f"trainer.max_epochs={epochs}", "trainer.threads=1", "sweep.pruner=none", LR_ONLY]
@@ -90,7 +91,7 @@ def overhead(folder: Path, epochs: int, trials: int) -> dict[str, float]:
     start = time.time()
     subprocess.run(cmd, check=True, capture_output=True, cwd=folder)
     wall = time.time() - start
-    command = spans(trials_of(str(sw.default_journal(uri, "command")), "command"))
+    command = spans(trials_of(str(default_journal(uri, "command")), "command"))
     command.update(wall=wall, before=command["first"] - start, after=start + wall - command["last"])
     return {"engine": engine, "command": command}
 
@@ -100,7 +101,7 @@ def workers(folder: Path, epochs: int, trials: int, threads: int | None = None, 
     other processes drifts; each pair is measured side by side). ``threads``: torch threads per trial,
     default each worker's fair share of the cores. Per pair and worker count: the rate while trials run
     (first start to last end) and over the whole command."""
-    from retort.recipes import sweep as sw
+    from retort.recipes.sweep.storage import default_journal
 
     pairs = []
     for r in range(repeats):
@@ -116,7 +117,7 @@ def workers(folder: Path, epochs: int, trials: int, threads: int | None = None, 
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=folder)
             wall = time.perf_counter() - start
-            s = spans(trials_of(str(sw.default_journal(uri, name)), name))
+            s = spans(trials_of(str(default_journal(uri, name)), name))
             rate[k] = {"running": trials / s["trials_s"] * 60, "command": trials / wall * 60}
         pairs.append(rate)
     return pairs

@@ -20,6 +20,9 @@ import pytest
 from retort import plugins, recipes
 from retort.plugins.errors import RecipeError
 from retort.recipes import sweep as sw
+from retort.recipes.sweep.search import grid_of, make_pruner, make_sampler
+from retort.recipes.sweep.space import applied, decode, space_of, suggest, trial_recipe
+from retort.recipes.sweep.storage import default_journal, open_storage
 from retort.tracking.record import param_value
 from tests.conftest import all_runs, retort
 
@@ -210,30 +213,30 @@ def test_trial_values_apply_by_dotted_path(tmp_path: Path):
         "    loss.name: {choices: [logitcrossentropy, crossentropy]}\n"
         "  lr_scaling: {rule: sqrt, reference: 16}\n")
     base = recipes.load(write(tmp_path, text))
-    kinds = {p: k for p, (_, k) in sw._params(base).items()}
+    kinds = {p: k for p, (_, k) in space_of(base).items()}
     assert kinds == {"optimizer.lr": "float", "data.batch_size": "choices", "model.hidden": "choices",
                      "trainer.max_epochs": "int", "model.dropout": "float", "loss.name": "choices"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     study.enqueue_trial({"optimizer.lr": 0.02, "data.batch_size": 32, "model.hidden": "[16, 8]",
                          "trainer.max_epochs": 4, "model.dropout": 0.25, "loss.name": "crossentropy"})
     trial = study.ask()
-    values = sw.suggest(trial, base)
+    values = suggest(trial, base)
     assert values == {"optimizer.lr": 0.02, "data.batch_size": 32, "model.hidden": [16, 8],
                       "trainer.max_epochs": 4, "model.dropout": 0.25, "loss.name": "crossentropy"}
-    assert sw.decode(trial.params, base) == values
-    scaled = sw.applied(values, base)
+    assert decode(trial.params, base) == values
+    scaled = applied(values, base)
     assert scaled["optimizer.lr"] == pytest.approx(0.02 * math.sqrt(32 / 16))
     raw = {**base.to_dict(), "optimizer": {"name": "descent", "eta": 0.01}, "model": {"name": "mlp", "hidden": [8]}}
-    r = sw.trial_recipe(raw, scaled)
+    r = trial_recipe(raw, scaled)
     assert r.optimizer["lr"] == pytest.approx(0.02 * math.sqrt(2)) and r.data["batch_size"] == 32
     assert r.model["hidden"] == [16, 8] and r.trainer["max_epochs"] == 4 and r.model["dropout"] == 0.25
     assert r.loss["name"] == "crossentropy" and r.model["head"] == "softmax"  # re-resolved, as `-s` would
     for _ in range(20):  # every sampled value is in its range and builds a recipe
         t = study.ask()
-        v = sw.suggest(t, base)
+        v = suggest(t, base)
         assert 1e-3 <= v["optimizer.lr"] <= 0.1 and v["trainer.max_epochs"] in (2, 4, 6)
         assert 0 <= v["model.dropout"] <= 0.5 and v["data.batch_size"] in (8, 16, 32)
-        sw.trial_recipe(raw, sw.applied(v, base))
+        trial_recipe(raw, applied(v, base))
         study.tell(t, 0.0)
 
 
@@ -245,19 +248,19 @@ def test_samplers_and_pruners_by_name(tmp_path: Path):
                       ("cmaes", "CmaEsSampler"), ("qmc", "QMCSampler"), ("grid", "GridSampler")):
         text = TINY.replace("sampler: tpe", f"sampler: {name}").replace("{low: 1.0e-3, high: 1.0e-1, log: true}",
                                                                         "{low: 0.01, high: 0.03, step: 0.01}")
-        sampler = sw.make_sampler(recipes.load(write(tmp_path, text, f"{name}.yaml")), 7)
+        sampler = make_sampler(recipes.load(write(tmp_path, text, f"{name}.yaml")), 7)
         assert type(sampler).__name__ == cls
-    grid = sw._grid(recipes.load(write(tmp_path, text, "grid.yaml")))
+    grid = grid_of(recipes.load(write(tmp_path, text, "grid.yaml")))
     assert grid == {"optimizer.lr": pytest.approx([0.01, 0.02, 0.03]), "data.batch_size": [8, 16, 32]}
-    hyperband = sw.make_pruner(base, "hyperband", {})
+    hyperband = make_pruner(base, "hyperband", {})
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner) and hyperband._max_resource == 3
-    patient = sw.make_pruner(base, "patient", {"patience": 2, "wrapped": "percentile", "percentile": 40.0})
+    patient = make_pruner(base, "patient", {"patience": 2, "wrapped": "percentile", "percentile": 40.0})
     assert isinstance(patient, optuna.pruners.PatientPruner) and patient._patience == 2
     assert isinstance(patient._wrapped_pruner, optuna.pruners.PercentilePruner)
     assert patient._wrapped_pruner._percentile == 40.0
     for name, cls in (("none", "NopPruner"), ("median", "MedianPruner"), ("percentile", "PercentilePruner"),
                       ("successive_halving", "SuccessiveHalvingPruner")):
-        assert type(sw.make_pruner(base, name, {})).__name__ == cls
+        assert type(make_pruner(base, name, {})).__name__ == cls
 
 
 def test_cmaes_searches_a_recipe_space_by_evolution(tmp_path: Path):
@@ -268,10 +271,10 @@ def test_cmaes_searches_a_recipe_space_by_evolution(tmp_path: Path):
     text = TINY.replace("sampler: tpe", "sampler: cmaes\n  sampler_args: {n_startup_trials: 4}").replace(
         "data.batch_size: {choices: [8, 16, 32]}", "model.dropout: {low: 0.0, high: 0.8}")
     base = recipes.load(write(tmp_path, text))
-    study = optuna.create_study(sampler=sw.make_sampler(base, 3))
+    study = optuna.create_study(sampler=make_sampler(base, 3))
 
     def objective(trial):
-        v = sw.suggest(trial, base)
+        v = suggest(trial, base)
         return (math.log10(v["optimizer.lr"]) + 1.5) ** 2 + (v["model.dropout"] - 0.3) ** 2
 
     study.optimize(objective, n_trials=40)
@@ -325,7 +328,7 @@ def test_pruned_and_failed_trials_are_recorded_and_the_sweep_goes_on(workdir: Pa
     journal = workdir / "optuna" / "tiny.journal"
     journal.parent.mkdir()
     # a real queue in the real study fixes the order: good, too slow to keep, NaN, exception, unknown activation
-    storage = sw.open_storage(str(journal))
+    storage = open_storage(str(journal))
     study = optuna.create_study(study_name="tiny", storage=storage)
     for lr, at, act in ((0.5, 0, "relu"), (1e-6, 0, "relu"), (1e30, 0, "relu"), (0.5, 2, "relu"), (0.5, 0, "swoosh")):
         study.enqueue_trial({"optimizer.lr": lr, "callbacks.0.at_epoch": at, "model.activation": act})
@@ -359,9 +362,9 @@ def test_a_trial_out_of_memory_is_recorded_failed_and_the_sweep_goes_on(workdir:
     text = TINY.replace("    data.batch_size: {choices: [8, 16, 32]}\n",
                         "    model.hidden: {choices: [[8], [1000000000000]]}\n")
     path = write(workdir, text)
-    journal = sw.default_journal(os.environ["MLFLOW_TRACKING_URI"], "tiny")
+    journal = default_journal(os.environ["MLFLOW_TRACKING_URI"], "tiny")
     journal.parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name="tiny", storage=sw.open_storage(str(journal)))
+    study = optuna.create_study(study_name="tiny", storage=open_storage(str(journal)))
     for hidden in ([1000000000000], [8]):  # 64 x 10^12 weights: 256 TB
         study.enqueue_trial({"optimizer.lr": 0.01, "model.hidden": json.dumps(hidden)})
     result = sw.sweep(path, trials=2, quiet=True)

@@ -1,0 +1,216 @@
+"""``retort sweep``: Optuna searches any recipe field; every trial is a full recipe run, recorded as an MLflow
+child run of the sweep's parent run.
+
+The engine, as a reader should see it::
+
+    parent   check the recipe's sweep section and every value it can sample (bad input stops here)
+             open the study: a journal file next to the MLflow store, or PostgreSQL for many machines
+             under the study lock: create or load the study, create or reopen the parent MLflow run
+             run K workers: this process is worker 0, K - 1 spawned Pythons the others (started first, so
+             that they import torch while this process prepares); forward SIGINT/SIGTERM to them
+             retry the trials of workers that died; record the best trial's recipe, importances and plots
+    worker   until the study holds N trials:
+                 under the study lock: retry lost trials, count, ask     (exactly N over all workers)
+                 sample -> the trial's recipe -> recipes.run(pruning callback, child-run tags) -> tell
+             a heartbeat thread stamps the running trial every few seconds
+
+A trial's recipe is what ``retort run RECIPE -s <your -s> -s <sampled path=value>...`` would run (the
+overrides applied to the recipe as written, then validated), so sweeping ``optimizer.name`` or ``loss.name``
+behaves as it does on the command line.
+
+A trial's value is the best epoch's value of ``sweep.metric`` (lowest when minimizing): the runner keeps and
+tests the best epoch's weights, and the running best, reported each epoch, is a curve on which a pruner
+ranks trials early much as they finally rank (scripts/bench_sweep.py: with hyperband the pruned sweep found
+the unpruned sweep's best in 5 of 5 seeds; with last-epoch values, in 1 of 5).
+
+Trial states: COMPLETE; PRUNED (stopped by the pruner; its MLflow run ends FINISHED, tagged
+``retort.trial_state=PRUNED``); FAIL (an exception, a non-finite value, an invalid recipe; its MLflow run
+ends FAILED with ``retort.failure``). A trial whose worker died (SIGKILL, lost machine) or was interrupted
+is failed, marked ``retort:retried`` and queued again with the same params; its MLflow run is closed as
+KILLED. ``--trials N`` counts every trial but those re-queued ones.
+
+Why ask/tell rather than ``study.optimize``: exactly N trials over independent workers need the count
+and the ask under one lock, and Optuna's own heartbeat does not cover journal storage; retort's heartbeat
+(system attrs ``retort:owner``, ``retort:heartbeat``) works for both, and finds a dead worker on the same
+machine at once by its process id.
+
+This module is the command (its options, :func:`sweep`: the parent's steps in order); each question has its
+own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
+:mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
+study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.processes`
+(spawned workers, signals), :mod:`.study` (the study and parent run, opened and concluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from retort.plugins.errors import Interrupted
+from retort.recipes.sweep.lease import GRACE_BEATS, reap, study_lock, tally
+from retort.recipes.sweep.plan import SweepResult, make_plan
+from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, quiet_optuna, send, spawn
+from retort.recipes.sweep.search import make_sampler
+from retort.recipes.sweep.storage import PATIENCE, StorageUnavailable, dashboard_command, display, open_storage
+from retort.recipes.sweep.study import conclude, open_parent, open_study, prefetch_analysis
+from retort.recipes.sweep.worker import Worker
+from retort.tracking.vocabulary import Tag
+
+HELP = "Optuna sweep of a recipe's sweep section: one MLflow child run per trial, crash-safe, one machine or many"
+EXAMPLES = """examples:
+  retort sweep digits-mlp                        # the recipe's sweep section: 20 trials, tpe, hyperband
+  retort sweep digits-mlp --trials 40 --workers 2           # two worker processes on this machine
+  retort sweep digits-mlp -s sweep.sampler=random -s sweep.pruner=median --seed 7
+  retort sweep digits-mlp -s 'sweep.space={optimizer.lr: {low: 1.0e-4, high: 0.1, log: true}}'
+  retort sweep digits-mlp --study lr-bs          # run again to resume: only the missing trials run
+  retort sweep digits-mlp --storage postgresql://me@db-host/optuna --tracking-uri http://mlflow:5000
+                                                 # the same command on every machine shares one study
+  optuna-dashboard optuna/digits-mlp.journal     # watch the study (the path is printed at the end)
+
+The study: a journal file <folder of mlflow.db>/optuna/<study>.journal by default (safe for many
+workers on one machine); --storage postgresql://... for many machines. Prints best_value, best_params
+and parent_run_id last; the parent run holds best_recipe.yaml (retort run runs it), importances.json
+and plots/."""
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE",
+                        help="a recipe file or a shipped recipe's name, with a sweep section")
+    parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field by dotted path (repeatable), e.g. -s sweep.trials=10")
+    parser.add_argument("--trials", type=int, metavar="N",
+                        help="trials the study should hold, over all workers (default: sweep.trials)")
+    parser.add_argument("--workers", type=int, default=1, metavar="K",
+                        help="worker processes on this machine, each with a fair share of the CPU threads (default 1)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="the study: a journal file path, postgresql://... (many machines) or sqlite:///... "
+                             "(one worker); default: <folder of mlflow.db>/optuna/<study>.journal")
+    parser.add_argument("--study", metavar="NAME",
+                        help="study name (default: the recipe's name); the same name resumes")
+    parser.add_argument("--seed", type=int, metavar="S",
+                        help="sampler seed (default: sweep.seed, else the recipe's seed); worker i uses S + i")
+    parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                        help=f"heartbeat of a running trial; a trial silent for {GRACE_BEATS} beats is retried "
+                             "(a dead worker on this machine is seen at once; default 10)")
+    parser.add_argument("--storage-patience", type=float, default=PATIENCE, metavar="SECONDS",
+                        help="how long to wait out an unreachable study storage (database restarting, network or "
+                             f"disk trouble) before stopping; the same command resumes (default {PATIENCE:g})")
+
+
+def main(args: argparse.Namespace) -> int:
+    from retort.tracking.context import command_line
+
+    try:
+        result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
+                       storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
+                       patience=args.storage_patience, tracking_uri=args.tracking_uri, quiet=args.quiet,
+                       command=command_line())
+    except StorageUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        c = result.counts
+        print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed of {result.trials} "
+              f"(study {result.study!r} in {result.storage})")
+        print(f"dashboard: {result.dashboard}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"best_value: {result.best_value if result.best_value is not None else math.nan!r}")
+    print(f"best_params: {json.dumps(result.best_params)}")
+    print(f"parent_run_id: {result.parent_run_id}")
+    return 0 if result.ok else 1
+
+
+# --- the parent --------------------------------------------------------------------------------------
+
+def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, workers: int = 1,
+          storage: str | None = None, study: str | None = None, seed: int | None = None, heartbeat: float = 10.0,
+          tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
+          patience: float = PATIENCE) -> SweepResult:
+    """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
+
+    Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
+    SIGINT/SIGTERM (the parent run is then KILLED and interrupted trials are queued to run again).
+    """
+    start = time.perf_counter()
+    # workers start first: they import torch and Lightning (seconds) while this process checks the input and
+    # prepares; they touch nothing before send hands them their arguments, and are killed on bad input
+    procs = spawn(workers - 1, workers) if workers > 1 else []
+    try:
+        plan, base = make_plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
+                           seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet,
+                           patience=patience)
+    except BaseException:
+        send(procs, None, [])
+        raise
+    from retort.tracking.store import prepare_store
+
+    quiet_optuna()
+    lock = study_lock(plan.storage, plan.study, plan.patience)
+    try:
+        opened = open_storage(plan.storage, plan.patience)
+        prepare_store(plan.tracking_uri)  # create/migrate the MLflow store once, before any worker writes to it
+        with lock:
+            study_obj, existing = open_study(opened, plan, base)
+            record = open_parent(study_obj, plan, base)
+    except BaseException:
+        send(procs, None, [])
+        raise
+    plan.parent_run_id = record.run_id
+    counts = tally(existing)
+    missing = max(0, plan.trials - sum(counts.values())) + counts["WAITING"]
+    k = max(1, min(workers, missing))
+    offset = len(existing)  # a resumed study's workers do not replay the seeds (and first points) of before
+    seeds = [plan.seed + offset + i for i in range(k)] if missing else []
+    record.set_tags({Tag.TRIALS: plan.trials, Tag.WORKERS: len(seeds),
+                     Tag.SAMPLER_SEEDS: ",".join(map(str, seeds)), Tag.COMMAND: plan.command,
+                     Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage)})
+    if not quiet:
+        verb = "resuming" if existing else "starting"
+        print(f"sweep {plan.study!r}: {verb}, {sum(counts.values())} of {plan.trials} trials in the study, "
+              f"{len(seeds)} worker{'s' * (len(seeds) != 1)}; storage {display(plan.storage)}; "
+              f"parent run {record.run_id}", flush=True)
+    supervisor = Supervisor(send(procs, plan, seeds[1:]), plan)  # workers 1..k-1; this process is worker 0
+    supervisor.start()
+    try:
+        with interruptible():
+            if seeds:
+                if len(seeds) > 1:
+                    import torch
+
+                    torch.set_num_threads(max(1, cpus() // len(seeds)))
+                study_obj.sampler = make_sampler(base, seeds[0])
+                Worker(plan, 0, seeds[0], study=study_obj).run()
+            if supervisor.is_alive():  # a core is free from now on: load what the end needs
+                threading.Thread(target=prefetch_analysis, daemon=True).start()
+            supervisor.wait()
+    except Interrupted as exc:
+        supervisor.forward(exc.signum)
+        supervisor.wait()
+        for problem in supervisor.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        with lock:
+            reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
+        record.finish("KILLED", f"interrupted by {exc}")
+        raise
+    except BaseException as exc:
+        send(procs, None, [])
+        record.finish("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    problems = supervisor.problems
+    with lock:
+        reap(study_obj, plan.tracking_uri, plan.experiment)
+    result = conclude(study_obj, plan, base, record, problems)
+    result.wall_seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,109 @@
+"""The plan of a sweep: everything a worker needs, checked before anything is recorded."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from retort.plugins.errors import RecipeError
+from retort.recipes.sweep.search import make_pruner, make_sampler
+from retort.recipes.sweep.space import check_space
+from retort.recipes.sweep.storage import PATIENCE, storage_target
+
+
+@dataclass
+class Plan:
+    raw: dict[str, Any]          # the recipe as written, with the command line's overrides
+    source: str | None
+    study: str
+    storage: str                 # a journal file (absolute path) or a database URL
+    tracking_uri: str
+    experiment: str
+    trials: int
+    seed: int
+    heartbeat: float
+    command: str
+    quiet: bool = False
+    parent_run_id: str = ""
+    patience: float = PATIENCE   # seconds to wait out an unreachable study storage
+
+    def base(self) -> Any:
+        from retort.recipes.schema import resolve
+
+        return resolve(copy.deepcopy(self.raw), source=self.source, default_name=self.raw["name"])
+
+
+@dataclass
+class SweepResult:
+    study: str
+    storage: str                 # for people: passwords masked
+    dashboard: str               # the optuna-dashboard command for this study
+    parent_run_id: str
+    trials: int
+    counts: dict[str, int]       # COMPLETE, PRUNED, FAIL (re-queued trials left out), RUNNING, WAITING
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    best_run_id: str | None = None
+    problems: list[str] = field(default_factory=list)   # what makes the command exit 1
+    warnings: list[str] = field(default_factory=list)   # worth saying, the study is complete all the same
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.best_value is not None and not self.problems
+
+
+def make_plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, workers: int, storage: str | None,
+          study: str | None, seed: int | None, heartbeat: float, tracking_uri: str | None, command: str | None,
+          quiet: bool, patience: float = PATIENCE) -> tuple[Plan, Any]:
+    from retort import recipes
+    from retort.recipes.schema import Recipe, resolve
+    from retort.recipes.yamlio import load_file
+    from retort.tracking.store import resolve_uri
+
+    if isinstance(recipe, Recipe):
+        raw, source = recipe.to_dict(), recipe.source
+        recipes.apply_overrides(raw, list(overrides))
+    else:
+        path = recipes.find(recipe)
+        raw, source = load_file(path) or {}, str(path)
+        if not isinstance(raw, dict):
+            raise RecipeError(f"a recipe is a mapping of sections, got {type(raw).__name__}", source=source)
+        recipes.apply_overrides(raw, list(overrides))
+        raw.setdefault("name", path.stem)
+    base = resolve(copy.deepcopy(raw), source=source, default_name=str(raw.get("name") or "recipe"))
+    raw["name"] = base.name
+    for section in ("data", "model", "loss", "optimizer"):  # sections left to their defaults, named
+        if raw.get(section) is None:
+            raw[section] = {"name": getattr(base, section)["name"]}
+    sweep_spec = base.sweep
+    if sweep_spec is None:
+        raise RecipeError("the recipe has no sweep section; add one, e.g. sweep: {space: {optimizer.lr: "
+                          "{low: 1.0e-4, high: 1.0e-1, log: true}}}", field="sweep", source=source)
+    if not sweep_spec["space"]:
+        raise RecipeError("sweep.space is empty: name at least one field to search, e.g. optimizer.lr: "
+                          "{low: 1.0e-4, high: 1.0e-1, log: true}", field="sweep.space", source=source)
+    for name, value, low in (("--trials", trials, 1), ("--workers", workers, 1)):
+        if value is not None and value < low:
+            raise RecipeError(f"must be at least {low}, got {value}", field=name)
+    if not heartbeat > 0:
+        raise RecipeError(f"must be above 0 seconds, got {heartbeat}", field="--heartbeat")
+    if not patience >= 0:
+        raise RecipeError(f"must be 0 seconds or more, got {patience}", field="--storage-patience")
+    study_name = study if study is not None else base.name
+    if not study_name.strip():
+        raise RecipeError("the study name is empty", field="--study")
+    check_space(base, raw)
+    sampler_seed = seed if seed is not None else (sweep_spec["seed"] if sweep_spec["seed"] is not None else base.seed)
+    make_sampler(base, sampler_seed)  # unknown sampler_args and missing packages are input errors
+    make_pruner(base)
+    uri = resolve_uri(tracking_uri, base.tracking["uri"])
+    target = storage_target(storage, uri, study_name, workers)
+    plan = Plan(raw=raw, source=source, study=study_name, storage=target, tracking_uri=uri,
+                experiment=base.tracking["experiment"] or base.name,
+                trials=trials if trials is not None else sweep_spec["trials"], seed=sampler_seed,
+                heartbeat=float(heartbeat), command=command or "", quiet=quiet, patience=float(patience))
+    return plan, base

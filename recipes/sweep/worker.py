@@ -1,0 +1,283 @@
+"""A worker: claims trials of one study and runs each as a recipe run, until the study is full."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure
+from retort.recipes.sweep.lease import (
+    BEAT,
+    FAILURE,
+    OWNER,
+    RETRY_OF,
+    RUN_ID,
+    identity,
+    reap,
+    requeue,
+    study_lock,
+    tally,
+)
+from retort.recipes.sweep.plan import Plan
+from retort.recipes.sweep.search import make_pruner, make_sampler
+from retort.recipes.sweep.space import applied, suggest, trial_recipe
+from retort.recipes.sweep.storage import StorageUnavailable, open_storage
+from retort.tracking.vocabulary import StudyAttr, Tag
+
+_PRUNING: type | None = None
+
+
+def pruning_class() -> type:
+    """retort's pruning callback (Lightning's ``optuna-integration`` one needs ``lightning.pytorch``): reports
+    the metric each epoch and, when the pruner says so, stops the trainer; the run then ends normally."""
+    global _PRUNING
+    if _PRUNING is not None:
+        return _PRUNING
+    import pytorch_lightning as pl
+
+    from retort.recipes.hooks import RunId
+
+    class Pruning(pl.Callback):
+        def __init__(self, trial: Any, metric: str, maximize: bool):
+            self.trial, self.metric, self.maximize = trial, metric, maximize
+            self.pruned_at: int | None = None
+            self.best: float | None = None  # the best epoch's value so far: the trial's value
+            self.bad: float | None = None   # a non-finite value at the last epoch
+            self.run_id: str | None = None
+
+        def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
+            for cb in trainer.callbacks:
+                if isinstance(cb, RunId) and cb.run_id:  # the Optuna trial records its MLflow run at once
+                    self.run_id = cb.run_id
+                    self.trial.set_user_attr(RUN_ID, cb.run_id)
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+            value = m.epoch_summary().get(self.metric)
+            if value is None:
+                return
+            if not math.isfinite(value):
+                self.bad = float(value)  # the loop fails a non-finite training loss; the pruner never sees it
+                return
+            value, self.bad = float(value), None
+            if self.best is None or (value > self.best if self.maximize else value < self.best):
+                self.best = value
+            epoch = trainer.current_epoch + 1
+            self.trial.report(self.best, epoch)  # the running best: a curve the pruner can rank early
+            if self.trial.should_prune():
+                # never raise inside fit: Lightning would close the run as failed (PITFALLS)
+                self.pruned_at = epoch
+                trainer.should_stop = True
+
+    _PRUNING = Pruning
+    return Pruning
+
+
+def _fmt(values: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+class Worker:
+    """Runs trials of one study in this process until the study holds ``plan.trials`` of them."""
+
+    def __init__(self, plan: Plan, index: int, seed: int, study: Any = None, parent_pid: int | None = None):
+        import optuna
+
+        self.plan, self.index, self.seed, self.parent_pid = plan, index, seed, parent_pid
+        self.base = plan.base()
+        self.metric = self.base.sweep["metric"]
+        if study is None:
+            study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage, plan.patience),
+                                      sampler=make_sampler(self.base, seed), pruner=make_pruner(self.base))
+        self.study = study
+        self.lock = study_lock(plan.storage, plan.study, plan.patience)
+        self.owner = {**identity(), "worker": index, "seed": seed, "heartbeat": plan.heartbeat}
+        self.current: Any = None
+        self.ran = 0
+        self._stop = threading.Event()
+
+    def say(self, text: str) -> None:
+        if not self.plan.quiet:
+            print(text, flush=True)
+
+    def run(self) -> int:
+        """Claim and run trials until none is left; returns how many ran here."""
+        beat = threading.Thread(target=self._beat, name="retort-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while (trial := self._claim()) is not None:
+                self._run_trial(trial)
+        finally:
+            self._stop.set()
+        return self.ran
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.plan.heartbeat):
+            trial = self.current
+            if trial is not None:
+                with contextlib.suppress(Exception):  # a finished trial refuses attributes; that is fine
+                    self.study._storage.set_trial_system_attr(trial._trial_id, BEAT, time.time())
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                self.parent_pid = None  # the sweep command is gone: stop as if interrupted (the trial is re-queued)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def _claim(self) -> Any:
+        import optuna
+
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            return None
+        with self.lock:
+            reap(self.study, self.plan.tracking_uri, self.plan.experiment)
+            trials = self.study.get_trials(deepcopy=False)
+            counts = tally(trials)
+            if not counts["WAITING"]:
+                if sum(counts.values()) >= self.plan.trials:
+                    return None
+                sampler = self.study.sampler
+                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
+                    return None
+            trial = self.study.ask()
+            storage = self.study._storage
+            storage.set_trial_system_attr(trial._trial_id, OWNER, self.owner)
+            storage.set_trial_system_attr(trial._trial_id, BEAT, time.time())
+            self.current = trial
+            return trial
+
+    def _tags(self, trial: Any) -> dict[str, str]:
+        tags = {Tag.STUDY: self.plan.study, Tag.TRIAL: str(trial.number),
+                Tag.WORKER: str(self.index), Tag.SAMPLER_SEED: str(self.seed),
+                Tag.RUN_NAME: f"{self.plan.study} trial {trial.number}"}
+        retry_of = trial.user_attrs.get(RETRY_OF)
+        if retry_of is not None:
+            tags[Tag.RETRY_OF] = str(retry_of)
+        return tags
+
+    def _run_trial(self, trial: Any) -> None:
+        from retort import recipes
+
+        tags = self._tags(trial)
+        values: dict[str, Any] = {}
+        pruning: Any = None
+        try:
+            values = suggest(trial, self.base)
+            setting = applied(values, self.base)
+            if setting != values:  # the lr/batch-size rule: record what the run got besides what was sampled
+                trial.set_user_attr("applied", {k: v for k, v in setting.items() if values.get(k) != v})
+            recipe = trial_recipe(self.plan.raw, setting, self.plan.source)
+            pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize")
+            started = time.perf_counter()
+            result = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
+                                 callbacks=[pruning], tags=tags, parent_run_id=self.plan.parent_run_id)
+        except Interrupted as exc:  # the run is KILLED; the trial runs again when the sweep resumes
+            self.current = None
+            with self.lock:
+                requeue(self.study, self.study._storage.get_trial(trial._trial_id), f"interrupted by {exc}",
+                        self.plan.tracking_uri, self.plan.experiment)
+            if pruning is not None and pruning.run_id:
+                self._tag(pruning.run_id, {Tag.TRIAL_STATE: "FAIL"})
+            self.say(f"trial {trial.number}: interrupted ({exc}); it runs again when the sweep resumes")
+            raise
+        except RecipeError as exc:  # the sampled values make an invalid recipe: nothing ran
+            reason = f"invalid recipe: {exc}"
+            self._finish(trial, "FAIL", None, reason, self._failed_run(trial, values, tags, reason), values)
+            return
+        except RunFailed as exc:  # exception, non-finite loss, out of memory: recorded FAILED by the runner
+            if isinstance(exc.__cause__, StorageUnavailable):  # the study is out of reach: stop, resume later
+                raise exc.__cause__ from None
+            run_id = exc.run_id or (pruning.run_id if pruning else None)
+            reason = str(exc)  # no run when it failed before recording (out of memory building the model)
+            self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values)
+            return
+        except Exception as exc:  # an error outside training (storage, record): fail the trial, go on
+            run_id, reason = (pruning.run_id if pruning else None), failure(exc)
+            self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values,
+                         close=run_id is not None)
+            return
+        finally:
+            self._after_trial()
+        trial.set_user_attr("fit_seconds", round(result.fit_seconds, 4))  # training only
+        trial.set_user_attr("run_seconds", round(time.perf_counter() - started, 4))  # the whole recorded run
+        trial.set_user_attr("epochs", result.epochs)
+        if pruning.pruned_at is not None:
+            self._finish(trial, "PRUNED", pruning.best, f"pruned at epoch {pruning.pruned_at}", result.run_id, values)
+            return
+        value = pruning.best
+        if value is None or pruning.bad is not None:
+            reason = f"{self.metric} is {pruning.bad if pruning.bad is not None else 'not recorded'} at the last epoch"
+            self._finish(trial, "FAIL", None, reason, result.run_id, values, close=True)
+            return
+        self._finish(trial, "COMPLETE", float(value), None, result.run_id, values)
+
+    def _tag(self, run_id: str, tags: Mapping[str, str], status: str | None = None) -> None:
+        try:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.plan.tracking_uri)
+            for k, v in tags.items():
+                client.set_tag(run_id, k, v)
+            if status:
+                client.set_terminated(run_id, status=status)
+        except Exception as exc:
+            print(f"warning: could not tag MLflow run {run_id}: {exc}", file=sys.stderr)
+
+    def _after_trial(self) -> None:
+        # hand cached GPU memory back, so that an out-of-memory trial does not starve the next one (no full
+        # gc.collect() here: it costs about 0.5 s per trial in a process holding torch, Lightning and MLflow)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _failed_run(self, trial: Any, values: Mapping[str, Any], tags: Mapping[str, str], reason: str) -> str | None:
+        """A FAILED child run for a trial that never started, so every trial has its run."""
+        from retort.tracking.record import RunRecord
+
+        try:
+            record = RunRecord.start(self.plan.tracking_uri, self.plan.experiment, params=dict(values),
+                                     tags={**tags, Tag.PARENT_RUN_ID: self.plan.parent_run_id,
+                                           Tag.COMMAND: self.plan.command})
+            record.finish("FAILED", reason)
+            return record.run_id
+        except Exception as exc:
+            print(f"warning: could not record trial {trial.number}'s failure in MLflow: {exc}", file=sys.stderr)
+            return None
+
+    def _finish(self, trial: Any, state: str, value: float | None, reason: str | None, run_id: str | None,
+                values: Mapping[str, Any], close: bool = False) -> None:
+        """Tell Optuna, then tag the MLflow run with the trial's final state."""
+        import optuna
+
+        TrialState = optuna.trial.TrialState
+        self.current = None
+        try:
+            if run_id:
+                trial.set_user_attr(RUN_ID, run_id)
+            if reason and state == "FAIL":
+                trial.set_user_attr(FAILURE, reason[:2000])
+                self.study._storage.set_trial_system_attr(trial._trial_id, StudyAttr.FAIL_REASON, reason[:2000])
+            if state == "COMPLETE":
+                self.study.tell(trial, value)
+            else:
+                self.study.tell(trial, state=TrialState[state])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            reason = "the trial was re-queued as lost while it ran (heartbeat too slow?); its result is dropped"
+            state = "FAIL"
+        if run_id:
+            tags = {Tag.TRIAL_STATE: state}
+            if state == "PRUNED":
+                tags[Tag.PRUNED] = reason or ""
+            if close and reason:
+                tags[Tag.FAILURE] = reason[:5000]
+            self._tag(run_id, tags, "FAILED" if close and reason else None)
+        self.ran += 1
+        done = tally(self.study.get_trials(deepcopy=False))
+        finished = done["COMPLETE"] + done["PRUNED"] + done["FAIL"]
+        what = f"{self.metric} {value:.5g}" if value is not None else (reason or "")
+        self.say(f"trial {trial.number} {state.lower()}: {what}  {_fmt(values)}  "
+                 f"[{finished}/{self.plan.trials} finished, worker {self.index}]")
