@@ -99,6 +99,7 @@ class Entry:
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+_NAMES: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # lowercased alias -> canonical name
 _loaded: set[str] = set()
 _entry_points_loaded = False
 _current_origin: list[str] = []  # set while an entry point is being loaded
@@ -139,6 +140,16 @@ def add(
     entry = Entry(kind, name, factory, doc, origin, dict(aliases or {}), dict(meta))
     _REGISTRY[kind][name] = entry
     return entry
+
+
+def alias(kind: str, *names: str, to: str) -> None:
+    """Accept each of ``names`` (any case; Flux's ``Adam``, ``huber_loss``) as the plugin ``to``."""
+    _check_kind(kind)
+    for name in names:
+        _NAMES[kind][name.lower()] = to
+        shown = _REGISTRY[kind][to].meta.setdefault("names", [])
+        if name not in shown:
+            shown.append(name)
 
 
 def register(kind: str, name: str | None = None, **options: Any) -> Callable[[Callable], Callable]:
@@ -213,14 +224,16 @@ def get(kind: str, name: str) -> Entry:
         raise PluginError(f"{kind} name must be a string, got {name!r}", field="name")
     reg = _REGISTRY[kind]
     key = name if name in reg else name.lower()
+    key = _NAMES[kind].get(key, key)
     if key in reg:
         return reg[key]
     names = sorted(reg)
     short = [n for n in names if "." not in n]
     listed = short if len(names) > 40 else names
     more = f" (and {len(names) - len(listed)} torch.* names)" if len(listed) < len(names) else ""
+    hint = did_you_mean(name, names + sorted(_NAMES[kind]))
     raise PluginError(
-        f"unknown {kind} {name!r}{did_you_mean(name, names)}; valid choices: {', '.join(listed)}{more}",
+        f"unknown {kind} {name!r}{hint}; valid choices: {', '.join(listed)}{more}",
         field="name",
     )
 
@@ -230,6 +243,8 @@ def split_spec(kind: str, spec: str | Mapping[str, Any]) -> tuple[str, dict[str,
     if isinstance(spec, str):
         return spec, {}
     if isinstance(spec, Mapping):
+        if "name" not in spec and kind == "optimizer" and "chain" in spec:  # Optimisers.jl OptimiserChain
+            return "chain", {k: v for k, v in spec.items()}
         if "name" not in spec:
             raise PluginError(f"a {kind} spec needs a 'name' field, got {dict(spec)!r}", field="name")
         kwargs = {k: v for k, v in spec.items() if k != "name"}
@@ -269,7 +284,8 @@ def resolve(kind: str, spec: str | Mapping[str, Any]) -> dict[str, Any]:
             raise PluginError(f"{kind} {entry.name!r} needs the field {pname!r}", field=pname)
         else:
             out[pname] = _plain(p.default)
-    return out
+    nested = entry.meta.get("resolve")  # a plugin holding plugin specs (a chain) resolves them too
+    return nested(out) if nested is not None else out
 
 
 def build(kind: str, spec: str | Mapping[str, Any], *args: Any, **fill: Any) -> Any:
@@ -384,13 +400,18 @@ def _simple(ann: Any) -> bool:
 
 
 def describe(kind: str | None = None) -> list[tuple[str, str, str, str]]:
-    """Rows of ``(kind, name, doc, origin)`` for ``retort plugins``."""
+    """Rows of ``(kind, name, doc, origin)`` for ``retort plugins``; the doc ends with the name's aliases."""
     kinds = [kind] if kind else list(KINDS)
-    return [(k, e.name, e.doc, e.origin) for k in kinds for e in entries(k)]
+
+    def doc(e: Entry) -> str:
+        names = e.meta.get("names")
+        return f"{e.doc} (also: {', '.join(names)})" if names else e.doc
+
+    return [(k, e.name, doc(e), e.origin) for k in kinds for e in entries(k)]
 
 
 __all__ = [
-    "ARITY", "ENTRY_POINT_GROUP", "KINDS", "Entry", "Param", "PluginError", "add", "available",
+    "ARITY", "ENTRY_POINT_GROUP", "KINDS", "Entry", "Param", "PluginError", "add", "alias", "available",
     "build", "closest", "describe", "did_you_mean", "entries", "get", "loose", "register", "resolve",
     "split_spec",
 ]

@@ -59,7 +59,7 @@ class Loss(torch.nn.Module):
 
     def forward(self, yhat: Tensor, y: Tensor) -> Tensor:
         yhat = torch.as_tensor(yhat)
-        if not yhat.is_floating_point():
+        if not (yhat.is_floating_point() or yhat.is_complex()):
             yhat = yhat.to(torch.get_default_dtype())
         return self._fn(yhat, torch.as_tensor(y, device=yhat.device), name=self.name, **self.config)
 
@@ -152,7 +152,8 @@ def _mae(yhat: Tensor, y: Tensor, *, name: str, agg: str) -> Tensor:
 
 
 def _mse(yhat: Tensor, y: Tensor, *, name: str, agg: str) -> Tensor:
-    return _AGG[agg]((yhat - _targets(name, yhat, y)) ** 2)
+    err = yhat - _targets(name, yhat, y)
+    return _AGG[agg](err.abs() ** 2 if err.is_complex() else err**2)  # Flux's abs2
 
 
 def _msle(yhat: Tensor, y: Tensor, *, name: str, agg: str, eps: float | None) -> Tensor:
@@ -177,7 +178,7 @@ def mae(*, agg: Agg = "mean") -> Loss:
 
 @_loss(task=("regression",), input="values")
 def mse(*, agg: Agg = "mean") -> Loss:
-    """Mean squared error: agg((ŷ − y)²) (torch F.mse_loss)."""
+    """Mean squared error: agg(|ŷ − y|²), Flux's abs2, so complex values work (torch F.mse_loss for real)."""
     return _make("mse", _mse, agg=agg)
 
 

@@ -478,3 +478,11 @@ def test_direct_factory_call_validates_agg():
     with pytest.raises(plugins.PluginError, match="mean, sum, none") as info:
         mse(agg="avg")
     assert info.value.field == "agg"
+
+
+def test_mse_of_complex_values_is_the_mean_of_abs2():
+    # Flux: mse(ŷ, y) = agg(abs2.(ŷ .- y)); |1+2i|² = 5 and |−i|² = 1, mean 3 (a cast to float would give 0).
+    yhat, y = torch.tensor([1 + 2j, 3 + 0j]), torch.tensor([0j, 3 + 1j])
+    assert plugins.build("loss", "mse")(yhat, y).item() == pytest.approx(3.0)
+    assert plugins.build("loss", {"name": "mse", "agg": "none"})(yhat, y).tolist() == pytest.approx([5.0, 1.0])
+    assert plugins.build("loss", "mae")(yhat, y).item() == pytest.approx((5**0.5 + 1) / 2)  # Flux abs

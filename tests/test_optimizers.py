@@ -300,6 +300,7 @@ def test_trajectory_matches_optimisers_jl(name, case, dtype):
 
 def test_every_flux_rule_has_a_trajectory_test():
     flux = {e.name for e in plugins.entries("optimizer") if e.origin == "retort.plugins.optimizers"}
+    flux -= {"chain", "weight_decay", "clip_grad", "clip_norm", "accum_grad"}  # tests/test_chain.py
     assert flux == set(REFERENCE) == set(FLUX_DEFAULTS) == set(CUSTOM)
     assert {"descent", "sgd", "momentum", "nesterov", "rprop", "rmsprop", "adam", "radam", "adamax", "oadam",
             "adagrad", "adadelta", "amsgrad", "nadam", "adamw", "adabelief", "lion"} <= flux
@@ -538,3 +539,70 @@ def test_adam_follows_flux_when_a_schedule_changes_beta_mid_run():
         state, dx = apply(state, x, g, hp["lr"], hp)
         x = x - dx
         np.testing.assert_allclose(p.detach().numpy(), x, rtol=1e-10, atol=1e-13, err_msg=f"step {i + 1}")
+
+
+# --- complex parameters (Optimisers.jl test/rules.jl "with complex numbers: Flux#1776") ---------------
+
+# AMSGrad is left out: Flux starts its momentum at the real ϵ, which a rotation does not turn.
+COMPLEX_RULES = ["adam", "rmsprop", "radam", "oadam", "adagrad", "adadelta", "nadam", "adabelief", "adamw",
+                 "descent", "momentum", "nesterov"]
+
+
+@pytest.mark.parametrize("name", COMPLEX_RULES)
+def test_complex_trajectory_is_the_real_one_rotated(name):
+    # With abs2 every rule here is equivariant under a rotation z -> e^{iφ}z of parameters and gradients
+    # (|g|² does not change, linear states rotate): the complex run is the real run (checked against
+    # Optimisers.jl above) times e^{iφ}. Squaring as g·g instead rotates g² by e^{2iφ} and breaks this.
+    rot = (3 + 4j) / 5
+    kwargs = {**CUSTOM[name], "centred": True} if name == "rmsprop" else CUSTOM[name]
+    real = run_retort(name, kwargs, torch.float64)
+    p = torch.nn.Parameter(torch.tensor(X0 * rot, dtype=torch.complex128))
+    opt = plugins.build("optimizer", {"name": name, **kwargs}, [p])
+    for step, g in enumerate(GRADS):
+        p.grad = torch.tensor(g * rot, dtype=torch.complex128)
+        opt.step()
+        np.testing.assert_allclose(p.detach().numpy(), real[step] * rot, rtol=1e-10, atol=1e-13,
+                                   err_msg=f"{name} step {step + 1}")
+    for key in ("exp_avg_sq", "square_avg", "sum", "acc_delta", "max_exp_avg_sq"):
+        if key in opt.state[p]:
+            assert not opt.state[p][key].is_complex() and (opt.state[p][key] >= 0).all()
+
+
+def test_complex_adam_first_step_divides_by_the_modulus():
+    # Flux Adam, first step: m̂ = g, v̂ = abs2(g) = 25 for g = 3+4i, so dx = η·g/(5 + ϵ) = 0.001·(0.6 + 0.8i).
+    # (With g·g, v̂ = -7+24i and √v̂ = 3+4i: dx would be the real 0.001.)
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.complex128))
+    opt = plugins.build("optimizer", "adam", [p])
+    p.grad = torch.tensor([3 + 4j], dtype=torch.complex128)
+    opt.step()
+    assert complex(p.detach()[0]) == pytest.approx(-0.001 * (3 + 4j) / (5 + 1e-8), rel=1e-12)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("adam", {"lr": 1e-2}), ("rmsprop", {"lr": 1e-2}), ("radam", {"lr": 1e-2}), ("oadam", {"lr": 1e-2}),
+    ("adagrad", {"lr": 1e-2}), ("adadelta", {"rho": 0.9, "eps": 1e-5}), ("nadam", {"lr": 1e-2}),
+    ("adabelief", {"lr": 1e-2}), ("descent", {"lr": 1e-2}), ("momentum", {"lr": 1e-2}),
+    ("nesterov", {"lr": 1e-2}), ("adamw", {"lr": 1e-2}),
+])
+def test_complex_model_learns_conj_as_in_optimisers_jl(name, kwargs):
+    # Optimisers.jl: w = 0 learns f(x) = conj(x) as f(x) = w·x from x = 1+i; loss = abs2(w·x - conj(x)),
+    # 2 at the start, decreasing at each of 10 steps (Momentum, Nesterov: the first 8), below 1.9 after.
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.complex128))
+    x = torch.tensor([1 + 1j], dtype=torch.complex128)
+
+    def loss():
+        return ((w * x - x.conj()).abs() ** 2).sum()
+
+    assert float(loss()) == pytest.approx(2.0)
+    opt = plugins.build("optimizer", {"name": name, **kwargs}, [w])
+    last = math.inf
+    for step in range(10):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+        if name in ("momentum", "nesterov") and step >= 8:
+            continue
+        assert float(loss()) < last
+        last = float(loss())
+    assert float(loss()) < 1.9

@@ -1,23 +1,11 @@
-"""Optimizers: every Optimisers.jl rule under its Flux name, and every torch.optim class.
+"""The Optimisers.jl rules under their Flux names: ports of FluxML/Optimisers.jl ``src/rules.jl``.
 
-The Flux rules are ports of FluxML/Optimisers.jl ``src/rules.jl``: Flux's defaults and Flux's update,
-as ``torch.optim.Optimizer`` subclasses, so torch schedulers, checkpoints and Lightning work with
-them. Each config field has a canonical (torch-style) name and the Flux keyword as an alias::
+Each rule is a ``torch.optim.Optimizer`` whose per-tensor update is Flux's ``apply!``: :meth:`FluxRule.transform`
+turns a gradient into the amount subtracted from the parameter, so a rule also works as one link of
+an ``OptimiserChain`` (see ``chain``). Squared gradients are ``abs2`` (``g·conj(g)``, real), as in
+Optimisers.jl, so complex parameters train (Flux#1776); the second-moment states are real tensors.
 
-    >>> import plugins
-    >>> plugins.resolve("optimizer", {"name": "adam", "eta": 0.01})
-    {'name': 'adam', 'lr': 0.01, 'betas': [0.9, 0.999], 'eps': 1e-08, 'weight_decay': 0.0}
-
-Conventions shared by every Flux rule here:
-
-- every hyperparameter, ``lr`` included, is read from ``param_groups[i]`` at every step, so torch
-  lr schedulers and Lightning's LR monitor see and drive the rate the update really uses;
-- ``weight_decay`` (Flux ``lambda``) is ``OptimiserChain(WeightDecay(λ), rule)``: the rule sees
-  ``g + λθ`` (AdamW keeps its own λ, as in Optimisers.jl);
-- parameters whose ``.grad`` is None are skipped (Flux's ``nothing`` gradient).
-
-``torch.optim.<ClassName>`` names every torch optimizer with torch's own defaults, and
-:func:`clip_per_tensor_norm_` is Flux's ``ClipNorm`` (each tensor clipped to its own norm).
+The module is longer than most because it holds one short class per Optimisers.jl rule, side by side.
 """
 
 from __future__ import annotations
@@ -28,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from retort.plugins import PluginError, add
+from retort.plugins import PluginError
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 
@@ -72,6 +60,9 @@ class FluxRule(torch.optim.Optimizer):
     flux_keywords: ClassVar[dict[str, str]] = {}
     # False where the rule applies weight_decay itself (AdamW) instead of Flux's WeightDecay in front.
     decay_in_front: ClassVar[bool] = True
+    # True for rules that only reshape the gradient (clipping, decay, accumulation): in a chain, the
+    # rule whose hyperparameters the optimizer shows is the last rule that is not one of these.
+    gradient_transform: ClassVar[bool] = False
 
     def __init__(self, params: Params, **defaults: Any) -> None:
         for key in ("betas", "etas", "step_sizes"):
@@ -109,6 +100,15 @@ class FluxRule(torch.optim.Optimizer):
                 group: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def transform(self, p: torch.Tensor, g: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | None:
+        """Flux's ``apply!`` for one tensor: ``g`` -> the amount to subtract (None: nothing this step)."""
+        if self.decay_in_front and group.get("weight_decay", 0) != 0:
+            g = g.add(p, alpha=group["weight_decay"])
+        state = self.state[p]
+        if not state:
+            self._init_state(state, p, group)
+        return self._update(state, p, g, group)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
@@ -121,14 +121,20 @@ class FluxRule(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                g = p.grad
-                if self.decay_in_front and group["weight_decay"] != 0:
-                    g = g.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    self._init_state(state, p, group)
-                p.sub_(self._update(state, p, g, group))
+                dx = self.transform(p, p.grad, group)
+                if dx is not None:
+                    p.sub_(dx)
         return loss
+
+
+def _abs2(g: torch.Tensor) -> torch.Tensor:
+    """Julia's ``abs2``: g² for real tensors, |g|² (a real tensor) for complex ones."""
+    return g.real.square() + g.imag.square() if g.is_complex() else g * g
+
+
+def _real_zeros(p: torch.Tensor) -> torch.Tensor:
+    """A zero state for a squared quantity: real, of the parameter's precision."""
+    return torch.zeros_like(p, dtype=p.real.dtype) if p.is_complex() else torch.zeros_like(p)
 
 
 def _bias_powers(state: dict[str, Any], group: dict[str, Any]) -> tuple[float, float]:
@@ -215,16 +221,16 @@ class RMSProp(FluxRule):
         super().__init__(params, lr=lr, rho=rho, eps=eps, centred=centred, weight_decay=weight_decay)
 
     def _init_state(self, state, p, group):
-        state["square_avg"] = torch.zeros_like(p)
+        state["square_avg"] = _real_zeros(p)
         if group["centred"]:
             state["grad_avg"] = torch.zeros_like(p)
 
     def _update(self, state, p, g, group):
         rho, quad = group["rho"], state["square_avg"]
-        quad.mul_(rho).addcmul_(g, g, value=1 - rho)
+        quad.mul_(rho).add_(_abs2(g), alpha=1 - rho)
         if group["centred"]:
             lin = state["grad_avg"].mul_(rho).add_(g, alpha=1 - rho)
-            denom = (quad - lin * lin).sqrt_()
+            denom = (quad - _abs2(lin)).sqrt_()
         else:
             denom = quad.sqrt()
         return g * group["lr"] / denom.add_(_eps(group["eps"], p))
@@ -232,14 +238,14 @@ class RMSProp(FluxRule):
 
 def _adam_init(state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
     state["exp_avg"] = torch.zeros_like(p)
-    state["exp_avg_sq"] = torch.zeros_like(p)
+    state["exp_avg_sq"] = _real_zeros(p)
     state["beta_t"] = tuple(group["betas"])
 
 
 def _adam_moments(state: dict[str, Any], g: torch.Tensor, group: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     b1, b2 = group["betas"]
     mt = state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-    vt = state["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+    vt = state["exp_avg_sq"].mul_(b2).add_(_abs2(g), alpha=1 - b2)
     return mt, vt
 
 
@@ -382,10 +388,10 @@ class AdaGrad(FluxRule):
         super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
     def _init_state(self, state, p, group):
-        state["sum"] = torch.full_like(p, group["eps"])
+        state["sum"] = _real_zeros(p).add_(group["eps"])
 
     def _update(self, state, p, g, group):
-        acc = state["sum"].addcmul_(g, g)
+        acc = state["sum"].add_(_abs2(g))
         return g * group["lr"] / (acc.sqrt() + _eps(group["eps"], p))
 
 
@@ -401,14 +407,14 @@ class AdaDelta(FluxRule):
         super().__init__(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
 
     def _init_state(self, state, p, group):
-        state["square_avg"] = torch.zeros_like(p)
-        state["acc_delta"] = torch.zeros_like(p)
+        state["square_avg"] = _real_zeros(p)
+        state["acc_delta"] = _real_zeros(p)
 
     def _update(self, state, p, g, group):
         rho, eps = group["rho"], _eps(group["eps"], p)
-        acc = state["square_avg"].mul_(rho).addcmul_(g, g, value=1 - rho)
+        acc = state["square_avg"].mul_(rho).add_(_abs2(g), alpha=1 - rho)
         step = g * (state["acc_delta"] + eps).sqrt_() / (acc + eps).sqrt_()
-        state["acc_delta"].mul_(rho).addcmul_(step, step, value=1 - rho)
+        state["acc_delta"].mul_(rho).add_(_abs2(step), alpha=1 - rho)
         return step.mul_(group["lr"])
 
 
@@ -420,8 +426,9 @@ class AMSGrad(FluxRule):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _init_state(self, state, p, group):
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            state[key] = torch.full_like(p, group["eps"])
+        state["exp_avg"] = torch.full_like(p, group["eps"])
+        for key in ("exp_avg_sq", "max_exp_avg_sq"):
+            state[key] = _real_zeros(p).add_(group["eps"])
 
     def _update(self, state, p, g, group):
         mt, vt = _adam_moments(state, g, group)
@@ -488,7 +495,7 @@ class AdaBelief(FluxRule):
         b1t, b2t = _bias_powers(state, group)
         mt = state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
         diff = g - mt
-        st = state["exp_avg_sq"].mul_(b2).addcmul_(diff, diff, value=1 - b2).add_(eps)
+        st = state["exp_avg_sq"].mul_(b2).add_(_abs2(diff), alpha=1 - b2).add_(eps)
         return mt * group["lr"] / (1 - b1t) / ((st / (1 - b2t)).sqrt_() + eps)
 
 
@@ -515,6 +522,7 @@ class Lion(FluxRule):
 class SignDecay(FluxRule):
     """Flux SignDecay (L1) then Descent: θ -= η·(g + λ·sign θ); λ=1e-3, η=1 (Flux's SignDecay alone)."""
 
+    gradient_transform = True
     flux_keywords: ClassVar[dict[str, str]] = {"sign_decay": "lambda", "weight_decay": ""}
 
     def __init__(self, params: Params, *, lr: float = 1.0, sign_decay: float = 1e-3,
@@ -522,68 +530,4 @@ class SignDecay(FluxRule):
         super().__init__(params, lr=lr, sign_decay=sign_decay, weight_decay=weight_decay)
 
     def _update(self, state, p, g, group):
-        return torch.add(g, p.sign(), alpha=group["sign_decay"]).mul_(group["lr"])
-
-
-FLUX_RULES: dict[str, type[FluxRule]] = {
-    "descent": Descent, "sgd": Descent, "momentum": Momentum, "nesterov": Nesterov, "rprop": Rprop,
-    "rmsprop": RMSProp, "adam": Adam, "radam": RAdam, "adamax": AdaMax, "oadam": OAdam,
-    "adagrad": AdaGrad, "adadelta": AdaDelta, "amsgrad": AMSGrad, "nadam": NAdam, "adamw": AdamW,
-    "adabelief": AdaBelief, "lion": Lion, "signdecay": SignDecay,
-}
-
-for _name, _cls in FLUX_RULES.items():
-    add("optimizer", _name, _cls, aliases={k: f for f, k in _cls.keywords().items()})
-
-
-# --- every torch.optim optimizer, with torch's defaults --------------------------------------------
-
-# Implementation switches, left out of the one-line doc so that it shows the hyperparameters.
-_TORCH_FLAGS = {"foreach", "maximize", "capturable", "differentiable", "fused"}
-
-
-def _torch_doc(name: str, cls: type) -> str:
-    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, params
-    shown = ", ".join(f"{p.name}={p.default!r}" for p in params
-                      if p.default is not p.empty and p.name not in _TORCH_FLAGS)
-    return f"torch's {name}, torch defaults: {shown}"
-
-
-def torch_optimizers() -> dict[str, type[torch.optim.Optimizer]]:
-    """Every optimizer class that ``torch.optim`` exposes, by class name."""
-    base = torch.optim.Optimizer
-    found = {name: getattr(torch.optim, name) for name in dir(torch.optim)}
-    return {name: cls for name, cls in sorted(found.items())
-            if inspect.isclass(cls) and issubclass(cls, base) and cls is not base}
-
-
-for _name, _cls in torch_optimizers().items():
-    add("optimizer", f"torch.optim.{_name}", _cls, doc=_torch_doc(_name, _cls), origin="torch.optim")
-
-
-# --- Flux ClipNorm --------------------------------------------------------------------------------
-
-def clip_per_tensor_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float,
-                          norm_type: float = 2.0, error_if_nonfinite: bool = True) -> list[torch.Tensor]:
-    """Flux ``ClipNorm(ω, p)``: scale each gradient tensor whose own p-norm exceeds ``max_norm`` down to it.
-
-    Unlike ``torch.nn.utils.clip_grad_norm_`` (one norm over all tensors), every tensor is clipped
-    independently: ``g *= min(ω / ‖g‖, 1)``. A non-finite norm raises, as Flux's ``throw=true``
-    does, unless ``error_if_nonfinite`` is False. Returns each gradient's norm before clipping.
-    """
-    if max_norm < 0:
-        raise ValueError(f"max_norm must be >= 0, got {max_norm}")
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]
-    if not grads:
-        return norms
-    # One host sync for all tensors, and none of them touched before the check.
-    if error_if_nonfinite and not torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all():
-        bad = [i for i, n in enumerate(norms) if not torch.isfinite(n)]
-        raise RuntimeError(f"gradient {bad[0]} has a non-finite {norm_type}-norm ({norms[bad[0]].item()}); "
-                           "pass error_if_nonfinite=False to clip anyway")
-    for g, n in zip(grads, norms):
-        g.mul_((max_norm / n).clamp(max=1.0))
-    return norms
+        return torch.add(g, p.sgn(), alpha=group["sign_decay"]).mul_(group["lr"])
