@@ -88,6 +88,7 @@ class Entry:
     origin: str
     aliases: Mapping[str, str] = field(default_factory=dict)  # field alias -> canonical field
     meta: dict[str, Any] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # other names it answers to (Flux's), see alias()
     _params: dict[str, Param] | None = None
 
     @property
@@ -147,7 +148,7 @@ def alias(kind: str, *names: str, to: str) -> None:
     _check_kind(kind)
     for name in names:
         _NAMES[kind][name.lower()] = to
-        shown = _REGISTRY[kind][to].meta.setdefault("names", [])
+        shown = _REGISTRY[kind][to].names
         if name not in shown:
             shown.append(name)
 
@@ -404,8 +405,7 @@ def describe(kind: str | None = None) -> list[tuple[str, str, str, str]]:
     kinds = [kind] if kind else list(KINDS)
 
     def doc(e: Entry) -> str:
-        names = e.meta.get("names")
-        return f"{e.doc} (also: {', '.join(names)})" if names else e.doc
+        return f"{e.doc} (also: {', '.join(e.names)})" if e.names else e.doc
 
     return [(k, e.name, doc(e), e.origin) for k in kinds for e in entries(k)]
 

@@ -14,7 +14,8 @@ factory returns a :class:`Loss`, a callable ``loss(yhat, y) -> Tensor``::
     ('logitcrossentropy', ('multiclass',), 'logits')
 
 Layout: PyTorch's batch-first, so the class dimension is 1 (Flux's ``dims=1`` in its features x batch
-layout). Targets are Flux style (one-hot or soft labels of yhat's shape) or PyTorch style (integer
+layout); the class losses take ``dims`` to move it, ``dims: -1`` for a sequence model's (N, T, C)
+output (Flux's ``dims=1`` on its (C, T, N) arrays, the same memory). Targets are Flux style (one-hot or soft labels of yhat's shape) or PyTorch style (integer
 class indices of yhat's shape without dimension 1), turned into one-hot here. A target that differs
 from yhat only by a trailing dimension of size 1 ((N,) against (N, 1), or the reverse) is reshaped to
 yhat's shape; any other mismatch raises instead of broadcasting.
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retort.plugins import PluginError, register
+from retort.plugins import PluginError, alias, register
 
 Agg = Literal["mean", "sum", "none"]
 
@@ -106,24 +107,31 @@ def _is_index(y: Tensor) -> bool:
     return not (y.is_floating_point() or y.is_complex())
 
 
-def _targets(name: str, yhat: Tensor, y: Tensor, *, classes: bool = False) -> Tensor:
+def _class_dim(name: str, yhat: Tensor, dims: int) -> int:
+    """``dims`` as a non-negative dimension of yhat, which must have classes there and a batch before."""
+    if yhat.ndim < 2 or not -yhat.ndim <= dims < yhat.ndim or dims % yhat.ndim == 0:
+        raise ValueError(f"{name}: yhat must hold class scores on dimension dims={dims} after the batch "
+                         f"dimension, got shape {tuple(yhat.shape)}")
+    return dims % yhat.ndim
+
+
+def _targets(name: str, yhat: Tensor, y: Tensor, *, classes: bool = False, dim: int = 1) -> Tensor:
     """``y`` as a float tensor of yhat's shape: as is, one-hot from class indices, or reshaped.
 
-    ``classes``: yhat is (N, C, ...) with classes on dimension 1, so y must be one-hot/soft labels or
-    indices. Otherwise a (N,) vs (N, 1) difference is reshaped away; indices still become one-hot
-    when yhat has more than one column.
+    ``classes``: yhat has classes on dimension ``dim`` ((N, C, ...) by default), so y must be
+    one-hot/soft labels or indices. Otherwise a (N,) vs (N, 1) difference is reshaped away; indices
+    still become one-hot when yhat has more than one column.
     """
-    if classes and yhat.ndim < 2:
-        raise ValueError(f"{name}: yhat must be (N, C) scores with classes on dimension 1, "
-                         f"got shape {tuple(yhat.shape)}")
+    if classes:
+        dim = _class_dim(name, yhat, dim)
     if y.shape == yhat.shape:
         return y.to(yhat.dtype)
-    index_shape = tuple(yhat.shape[:1] + yhat.shape[2:])
+    index_shape = tuple(yhat.shape[:dim] + yhat.shape[dim + 1:])
     if yhat.ndim >= 2 and y.shape == index_shape and (classes or yhat.shape[1] > 1):
         if not _is_index(y):
             raise ValueError(f"{name}: class indices must be an integer tensor, got dtype {y.dtype} "
                              f"(use y.long()), or pass one-hot targets of shape {tuple(yhat.shape)}")
-        return F.one_hot(y.long(), yhat.shape[1]).movedim(-1, 1).to(yhat.dtype)
+        return F.one_hot(y.long(), yhat.shape[dim]).movedim(-1, dim).to(yhat.dtype)
     if not classes and (y.shape == (*yhat.shape, 1) or yhat.shape == (*y.shape, 1)):
         return y.reshape(yhat.shape).to(yhat.dtype)
     if classes:
@@ -205,58 +213,70 @@ def poisson(*, agg: Agg = "mean") -> Loss:
 # --- multiclass -------------------------------------------------------------------------------
 
 def _crossentropy(yhat: Tensor, y: Tensor, *, name: str, agg: str, eps: float | None,
-                  label_smoothing: float) -> Tensor:
-    y = _smooth(_targets(name, yhat, y, classes=True), label_smoothing, yhat.shape[1])
-    return _AGG[agg](-torch.xlogy(y, yhat + _eps_of(yhat, eps)).sum(dim=1))
+                  label_smoothing: float, dims: int) -> Tensor:
+    y = _smooth(_targets(name, yhat, y, classes=True, dim=dims), label_smoothing, yhat.shape[dims])
+    return _AGG[agg](-torch.xlogy(y, yhat + _eps_of(yhat, eps)).sum(dim=dims))
 
 
-def _logitcrossentropy(yhat: Tensor, y: Tensor, *, name: str, agg: str, label_smoothing: float) -> Tensor:
-    y = _smooth(_targets(name, yhat, y, classes=True), label_smoothing, yhat.shape[1])
-    return _AGG[agg](-(y * F.log_softmax(yhat, dim=1)).sum(dim=1))
+def _logitcrossentropy(yhat: Tensor, y: Tensor, *, name: str, agg: str, label_smoothing: float,
+                       dims: int) -> Tensor:
+    y = _smooth(_targets(name, yhat, y, classes=True, dim=dims), label_smoothing, yhat.shape[dims])
+    return _AGG[agg](-(y * F.log_softmax(yhat, dim=dims)).sum(dim=dims))
 
 
-def _kldivergence(yhat: Tensor, y: Tensor, *, name: str, agg: str, eps: float | None) -> Tensor:
-    y = _targets(name, yhat, y, classes=True)
+def _kldivergence(yhat: Tensor, y: Tensor, *, name: str, agg: str, eps: float | None, dims: int) -> Tensor:
+    y = _targets(name, yhat, y, classes=True, dim=dims)
     # Flux: agg(Σ xlogx(y)) + crossentropy(ŷ, y); one sum per sample gives the same for every agg
-    return _AGG[agg]((torch.xlogy(y, y) - torch.xlogy(y, yhat + _eps_of(yhat, eps))).sum(dim=1))
+    return _AGG[agg]((torch.xlogy(y, y) - torch.xlogy(y, yhat + _eps_of(yhat, eps))).sum(dim=dims))
 
 
-def _focal(yhat: Tensor, y: Tensor, *, name: str, agg: str, gamma: float, eps: float | None) -> Tensor:
-    y = _targets(name, yhat, y, classes=True)
+def _focal(yhat: Tensor, y: Tensor, *, name: str, agg: str, gamma: float, eps: float | None,
+           dims: int) -> Tensor:
+    y = _targets(name, yhat, y, classes=True, dim=dims)
     p = yhat + _eps_of(yhat, eps)
     # clamped: p may exceed 1 by ε, and a fractional γ of a negative number is NaN
     weight = (1 - p).clamp(min=0) ** gamma
-    return _AGG[agg]((-y * weight * torch.log(p)).sum(dim=1))
+    return _AGG[agg]((-y * weight * torch.log(p)).sum(dim=dims))
+
+
+def _check_dims(name: str, dims: int) -> None:
+    _check(name, "dims", dims, dims != 0, "a class dimension other than 0, the batch (1: (N, C, ...); "
+           "-1: a sequence model's (N, T, C))")
 
 
 @_loss(task=("multiclass",), input="probabilities", aliases=_EPS)
-def crossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smoothing: float = 0.0) -> Loss:
+def crossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smoothing: float = 0.0,
+                 dims: int = 1) -> Loss:
     """Cross entropy of softmax probabilities: agg(−Σ_c y·log(ŷ + ε)) (torch's cross_entropy takes logits)."""
     _check_eps("crossentropy", eps)
     _check_smoothing("crossentropy", label_smoothing)
-    return _make("crossentropy", _crossentropy, agg=agg, eps=eps, label_smoothing=label_smoothing)
+    _check_dims("crossentropy", dims)
+    return _make("crossentropy", _crossentropy, agg=agg, eps=eps, label_smoothing=label_smoothing, dims=dims)
 
 
 @_loss(task=("multiclass",), input="logits")
-def logitcrossentropy(*, agg: Agg = "mean", label_smoothing: float = 0.0) -> Loss:
+def logitcrossentropy(*, agg: Agg = "mean", label_smoothing: float = 0.0, dims: int = 1) -> Loss:
     """Cross entropy of logits: agg(−Σ_c y·logsoftmax(ŷ)) (torch F.cross_entropy, label_smoothing too)."""
     _check_smoothing("logitcrossentropy", label_smoothing)
-    return _make("logitcrossentropy", _logitcrossentropy, agg=agg, label_smoothing=label_smoothing)
+    _check_dims("logitcrossentropy", dims)
+    return _make("logitcrossentropy", _logitcrossentropy, agg=agg, label_smoothing=label_smoothing, dims=dims)
 
 
 @_loss(task=("multiclass",), input="probabilities", aliases=_EPS)
-def kldivergence(*, agg: Agg = "mean", eps: float | None = None) -> Loss:
+def kldivergence(*, agg: Agg = "mean", eps: float | None = None, dims: int = 1) -> Loss:
     """KL divergence of probabilities: agg(Σ_c y·log y) + crossentropy(ŷ, y) (F.kl_div, 'batchmean')."""
     _check_eps("kldivergence", eps)
-    return _make("kldivergence", _kldivergence, agg=agg, eps=eps)
+    _check_dims("kldivergence", dims)
+    return _make("kldivergence", _kldivergence, agg=agg, eps=eps, dims=dims)
 
 
 @_loss(task=("multiclass",), input="probabilities", aliases={"γ": "gamma", **_EPS})
-def focal(*, agg: Agg = "mean", gamma: float = 2.0, eps: float | None = None) -> Loss:
+def focal(*, agg: Agg = "mean", gamma: float = 2.0, eps: float | None = None, dims: int = 1) -> Loss:
     """Focal loss of softmax probabilities: agg(Σ_c −y(1 − ŷ)^γ log ŷ), ŷ ← ŷ + ε, gamma γ = 2."""
     _check("focal", "gamma", gamma, gamma >= 0, ">= 0")
     _check_eps("focal", eps)
-    return _make("focal", _focal, agg=agg, gamma=gamma, eps=eps)
+    _check_dims("focal", dims)
+    return _make("focal", _focal, agg=agg, gamma=gamma, eps=eps, dims=dims)
 
 
 # --- binary -----------------------------------------------------------------------------------
@@ -388,3 +408,35 @@ def siamese_contrastive(*, agg: Agg = "mean", margin: float = 1.0) -> Loss:
     """Contrastive loss of pair distances ŷ: agg((1 − y)ŷ² + y·max(0, m − ŷ)²), margin m = 1; y=1: unlike."""
     _check("siamese_contrastive", "margin", margin, margin >= 0, ">= 0")
     return _make("siamese_contrastive", _siamese_contrastive, agg=agg, margin=margin)
+
+
+# --- sequences --------------------------------------------------------------------------------
+
+def _ctc(yhat: Tensor, y: Tensor, *, name: str, agg: str, blank: int) -> Tensor:
+    if yhat.ndim == 2:  # one sequence (T, C), as Flux takes it
+        yhat, y = yhat.unsqueeze(0), y.reshape(1, -1)
+    if yhat.ndim != 3 or y.ndim != 2 or len(y) != len(yhat) or not _is_index(y):
+        raise ValueError(f"{name}: yhat must be (N, T, C) logits and y (N, S) integer labels padded with -1, "
+                         f"got shapes {tuple(yhat.shape)} and {tuple(y.shape)} ({y.dtype})")
+    n, steps, classes = yhat.shape
+    log_probs = F.log_softmax(yhat, dim=-1).transpose(0, 1)  # torch takes (T, N, C)
+    lengths = (y >= 0).sum(dim=1)
+    per_sequence = F.ctc_loss(log_probs, y.clamp(min=0).long(), torch.full((n,), steps, dtype=torch.long),
+                              lengths, blank=blank % classes, reduction="none")
+    return _AGG[agg](per_sequence)
+
+
+@_loss(task=("sequence",), input="logits")
+def ctc(*, agg: Agg = "mean", blank: int = -1) -> Loss:
+    """CTC loss of (N, T, C) logits and (N, S) labels padded with −1: agg(−log p(y|ŷ)); blank = last class (Flux).
+
+    Flux's ctc_loss takes one (C, T) sequence with the blank last; torch's F.ctc_loss defaults to
+    blank 0 and (mean reduction) divides by the label lengths, which this does not.
+    """
+    return _make("ctc", _ctc, agg=agg, blank=blank)
+
+
+# Flux.Losses' own function names
+for _short in ("huber", "poisson", "hinge", "squared_hinge", "dice_coeff", "tversky", "binary_focal", "focal",
+               "siamese_contrastive", "ctc"):
+    alias("loss", f"{_short}_loss", to=_short)

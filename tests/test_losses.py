@@ -101,6 +101,10 @@ _TVERSKY_Y = i64([0, 1, 0, 1, 1, 1])
 
 # Flux's own test suite (test/losses.jl), and the tversky example of FluxML/Flux.jl issue #1993.
 FLUX_TESTS = [
+    # Flux test/ctc.jl, hand-calculated: x = [1. 2. 3.; 2. 1. 1.; 3. 3. 2.] (classes × time; here transposed),
+    # y = [1, 2] (here 0-based), blank the last class
+    ("ctc", "ctc", {}, f64([[1.0, 2.0, 3.0], [2.0, 1.0, 1.0], [3.0, 3.0, 2.0]]).T, i64([0, 1]),
+     3.6990738275138035, 1e-10),
     ("mse", "mse", {}, *_REG, (0.1**2 + 0.9**2) / 2, 1e-12),
     ("mae", "mae", {}, *_REG, 0.5, 1e-12),
     ("huber", "huber", {}, *_REG, 0.20500000000000002, 1e-12),
@@ -167,7 +171,7 @@ def test_flux_test_suite_values(name, config, yhat, y, expected, rel):
 def test_every_registered_loss_has_a_golden_value():
     covered = {c[1] for c in SEED + FLUX_DOCS + FLUX_TESTS}
     assert set(plugins.available("loss")) <= covered
-    assert len(covered) == 17
+    assert len(covered) == 18
 
 
 def test_meta_and_loss_attributes_agree():
@@ -180,6 +184,7 @@ def test_meta_and_loss_attributes_agree():
         "binary_focal": ("binary", "probabilities"), "hinge": ("binary", "logits"),
         "squared_hinge": ("binary", "logits"), "dice_coeff": ("binary", "probabilities"),
         "tversky": ("binary", "probabilities"), "siamese_contrastive": ("binary", "values"),
+        "ctc": ("sequence", "logits"),
     }
     assert set(plugins.available("loss")) == set(expected)
     for entry in plugins.entries("loss"):
@@ -193,7 +198,7 @@ def test_meta_and_loss_attributes_agree():
 def test_defaults_are_flux_defaults():
     assert plugins.resolve("loss", "huber") == {"name": "huber", "agg": "mean", "delta": 1.0}
     assert plugins.resolve("loss", "crossentropy") == {
-        "name": "crossentropy", "agg": "mean", "eps": None, "label_smoothing": 0.0}
+        "name": "crossentropy", "agg": "mean", "eps": None, "label_smoothing": 0.0, "dims": 1}
     assert plugins.resolve("loss", "focal")["gamma"] == 2.0
     assert plugins.resolve("loss", "binary_focal")["gamma"] == 2.0
     assert plugins.resolve("loss", "tversky") == {"name": "tversky", "beta": 0.7}
@@ -311,7 +316,7 @@ def test_shape_errors_are_clear():
         loss("logitcrossentropy")(torch.zeros(4, 3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"one-hot/soft labels of shape \(4, 3\) or class indices of shape \(4,\)"):
         loss("crossentropy")(torch.zeros(4, 3), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="classes on dimension 1"):
+    with pytest.raises(ValueError, match="class scores on dimension dims=1"):
         loss("logitcrossentropy")(torch.zeros(4), i64([0, 1, 0, 1]))
     with pytest.raises(ValueError, match=r"binarycrossentropy: yhat has shape \(4, 1\) but y has shape \(2, 2\)"):
         loss("binarycrossentropy")(torch.full((4, 1), 0.5), torch.zeros(2, 2))
@@ -486,3 +491,77 @@ def test_mse_of_complex_values_is_the_mean_of_abs2():
     assert plugins.build("loss", "mse")(yhat, y).item() == pytest.approx(3.0)
     assert plugins.build("loss", {"name": "mse", "agg": "none"})(yhat, y).tolist() == pytest.approx([5.0, 1.0])
     assert plugins.build("loss", "mae")(yhat, y).item() == pytest.approx((5**0.5 + 1) / 2)  # Flux abs
+
+
+# --- dims, ctc_loss and Flux's function names ----------------------------------------------------
+
+def test_logitcrossentropy_over_a_sequence_models_output():
+    # Flux: agg(-sum(y .* logsoftmax(ŷ; dims); dims)), the mean over every position. One sequence of two steps,
+    # vocab 2: step 1 logits (0, 0) and target 0 give ln 2; step 2 logits (0, ln 3), softmax (1/4, 3/4), and
+    # target 1 give −ln(3/4); the mean is (ln 2 + ln 4/3)/2 = ln(8/3)/2.
+    yhat = torch.tensor([[[0.0, 0.0], [0.0, math.log(3.0)]]], dtype=torch.float64)
+    loss = plugins.build("loss", {"name": "logitcrossentropy", "dims": -1})
+    assert loss(yhat, torch.tensor([[0, 1]])).item() == pytest.approx(math.log(8 / 3) / 2, rel=1e-12)
+    assert loss.config["dims"] == -1
+
+
+@pytest.mark.parametrize("name", ["crossentropy", "logitcrossentropy", "kldivergence", "focal"])
+def test_dims_moves_the_class_dimension(name):
+    # (N, T, V) with dims -1 is the (N·T, V) loss with classes on dimension 1 (every position a sample), and
+    # with dims 1 on the permuted (N, V, T) tensor (torch's layout); agg none keeps (N, T).
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    yhat = logits if name == "logitcrossentropy" else logits.softmax(-1)
+    y = torch.randint(0, 5, (3, 4), generator=gen)
+    flat = plugins.build("loss", name)(yhat.reshape(12, 5), y.reshape(12))
+    seq = plugins.build("loss", {"name": name, "dims": -1})
+    assert seq(yhat, y).item() == pytest.approx(flat.item(), rel=1e-12)
+    assert seq(yhat, F.one_hot(y, 5).double()).item() == pytest.approx(flat.item(), rel=1e-12)
+    assert plugins.build("loss", {"name": name, "dims": 1})(yhat.permute(0, 2, 1), y).item() == \
+        pytest.approx(flat.item(), rel=1e-12)
+    assert plugins.build("loss", {"name": name, "dims": 2, "agg": "none"})(yhat, y).shape == (3, 4)
+    if name == "logitcrossentropy":
+        assert flat.item() == pytest.approx(F.cross_entropy(yhat.permute(0, 2, 1), y).item(), rel=1e-12)
+    with pytest.raises(plugins.PluginError, match="dims"):
+        plugins.build("loss", {"name": name, "dims": 0})
+
+
+def test_label_smoothing_counts_the_classes_on_dims():
+    # Flux label_smoothing: y(1 − α) + α/size(y, dims); with vocab 4 on the last dimension α/4 goes to each.
+    yhat = torch.zeros(1, 2, 4, dtype=torch.float64)  # uniform softmax: −log(1/4) per position whatever y
+    loss = plugins.build("loss", {"name": "logitcrossentropy", "dims": -1, "label_smoothing": 0.2})
+    assert loss(yhat, torch.tensor([[1, 3]])).item() == pytest.approx(math.log(4), rel=1e-12)
+    yhat[0, 0, 1] = 1.0  # logsoftmax at class 1: 1 − log(e + 3); others −log(e + 3)
+    z = math.log(math.e + 3)
+    smoothed = -(0.85 * (1 - z) + 0.05 * 3 * (-z))  # y = 0.8·onehot + 0.2/4
+    assert loss(yhat, torch.tensor([[1, 3]])).item() == pytest.approx((smoothed + math.log(4)) / 2, rel=1e-12)
+
+
+def test_ctc_loss_matches_flux_hand_calculated_values():
+    # Flux test/ctc.jl: x = [1. 2. 3.; 2. 1. 1.; 3. 3. 2.] (classes × time), y = [1, 2], blank = the last class:
+    # ctc_loss(x, y) ≈ 3.6990738275138035; x = [-3. 12. 8. 15.; 4. 20. -2. 20.; 8. -33. 6. 5.] gives
+    # 8.02519869363453. Here (time × classes) and 0-based labels.
+    ctc = plugins.build("loss", "ctc_loss")
+    x1 = torch.tensor([[1.0, 2.0, 3.0], [2.0, 1.0, 1.0], [3.0, 3.0, 2.0]], dtype=torch.float64).T
+    x2 = torch.tensor([[-3.0, 12.0, 8.0, 15.0], [4.0, 20.0, -2.0, 20.0], [8.0, -33.0, 6.0, 5.0]],
+                      dtype=torch.float64).T
+    assert ctc(x1, torch.tensor([0, 1])).item() == pytest.approx(3.6990738275138035, rel=1e-10)
+    assert ctc(x2, torch.tensor([0, 1])).item() == pytest.approx(8.02519869363453, rel=1e-10)
+    # a batch: x1 padded to 4 steps is another problem, so batch x2 with itself and a label padded with −1
+    batch = torch.stack([x2, x2])
+    labels = torch.tensor([[0, 1], [1, -1]])
+    single = ctc(x2, torch.tensor([1])).item()
+    per = plugins.build("loss", {"name": "ctc", "agg": "none"})(batch, labels)
+    assert per.tolist() == pytest.approx([8.02519869363453, single], rel=1e-10)
+    assert ctc(batch, labels).item() == pytest.approx((8.02519869363453 + single) / 2, rel=1e-10)
+    assert plugins.get("loss", "ctc").meta["input"] == "logits"
+
+
+def test_flux_long_loss_names_are_aliases():
+    for flux, short in [("huber_loss", "huber"), ("tversky_loss", "tversky"), ("dice_coeff_loss", "dice_coeff"),
+                        ("poisson_loss", "poisson"), ("hinge_loss", "hinge"), ("squared_hinge_loss", "squared_hinge"),
+                        ("binary_focal_loss", "binary_focal"), ("focal_loss", "focal"),
+                        ("siamese_contrastive_loss", "siamese_contrastive"), ("ctc_loss", "ctc")]:
+        assert plugins.resolve("loss", flux)["name"] == short
+        row = next(r for r in plugins.describe("loss") if r[1] == short)
+        assert flux in row[2]
