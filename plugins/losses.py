@@ -15,8 +15,9 @@ factory returns a :class:`Loss`, a callable ``loss(yhat, y) -> Tensor``::
 
 Layout: PyTorch's batch-first, so the class dimension is 1 (Flux's ``dims=1`` in its features x batch
 layout); the class losses take ``dims`` to move it, ``dims: -1`` for a sequence model's (N, T, C)
-output (Flux's ``dims=1`` on its (C, T, N) arrays, the same memory). Targets are Flux style (one-hot or soft labels of yhat's shape) or PyTorch style (integer
-class indices of yhat's shape without dimension 1), turned into one-hot here. A target that differs
+output (Flux's ``dims=1`` on its (C, T, N) arrays, the same memory). Targets are Flux style (one-hot
+or soft labels of yhat's shape) or PyTorch style (integer class indices of yhat's shape without the
+class dimension), turned into one-hot here. A target that differs
 from yhat only by a trailing dimension of size 1 ((N,) against (N, 1), or the reverse) is reshaped to
 yhat's shape; any other mismatch raises instead of broadcasting.
 
