@@ -111,7 +111,8 @@ def test_chain_shows_and_schedules_its_main_rule():
     opt = plugins.build("optimizer", {"chain": [{"name": "clip_norm", "omega": 1.0}, {"name": "adam", "eta": 0.5}]},
                         [w])
     assert isinstance(opt, Chain) and opt.param_groups[0]["lr"] == 0.5 and opt.param_groups[0]["betas"] == (0.9, 0.999)
-    assert opt.groups_with("omega")[0]["omega"] == 1.0
+    assert [g[0]["omega"] for g in opt.groups_with("omega")] == [1.0]
+    assert [g[0]["lr"] for g in opt.groups_with("lr")] == [0.5]  # the main rule's only
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5**t)
     for _ in range(2):
         w.grad = torch.ones(2)

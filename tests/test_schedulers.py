@@ -128,6 +128,47 @@ def Loop(f, period):
     return lambda t: f((t - 1) % period + 1)
 
 
+def Shifted(schedule, offset):
+    """src/complex.jl: (s::Shifted)(t) = s.schedule(t - 1 + s.offset)."""
+    return lambda t: schedule(t - 1 + offset)
+
+
+def Shortened(schedule, nsteps):
+    """src/complex.jl: s.schedule(t) for t <= nsteps, a BoundsError past it."""
+    def s(t):
+        assert t <= nsteps, "BoundsError"
+        return schedule(t)
+
+    return s
+
+
+def reverse(f, period):
+    """src/utils.jl: reverse(f, period) = t -> f(period - t)."""
+    return lambda t: f(period - t)
+
+
+def symmetric(f, period):
+    """src/utils.jl: symmetric(f, period) = t -> (t < period / 2) ? f(t) : f(period - t)."""
+    return lambda t: f(t) if t < period / 2 else f(period - t)
+
+
+def ComposedSchedule(make, parameters):
+    """src/complex.jl: at t, the schedule rebuilt from parameters.(t), evaluated at t."""
+    return lambda t: make(*(p(t) for p in parameters))(t)
+
+
+def SequenceHeld(*pairs):
+    """A Sequence whose last piece, after its steps, keeps its final value."""
+    end = sum(n for _, n in pairs)
+    return lambda t: Sequence(*pairs)(min(t, end))
+
+
+def SequenceLooped(*pairs):
+    """A Sequence whose last piece starts again after its steps (Sequence(..., Loop(last, n) => ∞))."""
+    last, n = pairs[-1]
+    return Sequence(*pairs[:-1], (Loop(last, n), math.inf))
+
+
 def LinearLR(lr, start_factor, end_factor, total_iters):
     """torch's closed form (ParameterSchedulers has no decreasing linear schedule)."""
     return lambda t: lr * (start_factor + (end_factor - start_factor) * min(t - 1, total_iters) / total_iters)
@@ -191,6 +232,8 @@ CASES = [
                  values(CosAnneal(LR, 0.01, 10, restart=False)), id="cosine"),
     pytest.param({"name": "cosine", "restart": True, "period": 4}, {"total": 100},
                  values(CosAnneal(LR, 0.0, 4, restart=True)), id="cosine-restart"),
+    pytest.param({"name": "CosAnneal", "period": 4}, {"total": 100},  # Flux's name, Flux's default: restart
+                 values(CosAnneal(LR, 0.0, 4)), id="cosanneal"),
     pytest.param({"name": "onecycle"}, {"total": 10}, values(OneCycle(10, LR)), id="onecycle"),  # ⌈2.5⌉ up
     pytest.param({"name": "onecycle", "start_factor": 0.1, "end_factor": 0.01, "percent_start": 0.3},
                  {"total": 10}, values(OneCycle(10, LR, 0.01, 0.001, 0.3)), id="onecycle-custom"),
@@ -218,6 +261,32 @@ CASES = [
     pytest.param({"name": "sequence", "schedules": [{"name": "constant", "factor": 0.5}, {"name": "poly"}],
                   "steps": [3]}, {"total": 10},
                  values(Sequence((Constant(0.05), 3), (Poly(LR, 1, 7), 7))), id="sequence-rest-of-total"),
+    pytest.param({"name": "sequence", "schedules": [{"name": "constant", "factor": 0.5}, {"name": "exp", "decay": 0.5}],
+                  "steps": [3, 4], "last": "hold"}, {},
+                 values(SequenceHeld((Constant(0.05), 3), (Exp(LR, 0.5), 4))), id="sequence-last-holds"),
+    pytest.param({"name": "Sequence", "schedules": [{"name": "constant", "factor": 0.5}, {"name": "exp", "decay": 0.5}],
+                  "steps": [3, 4], "last": "loop"}, {},
+                 values(SequenceLooped((Constant(0.05), 3), (Exp(LR, 0.5), 4))), id="sequence-last-loops"),
+    pytest.param({"name": "Shifted", "schedule": {"name": "exp", "decay": 0.8}, "offset": 3}, {},
+                 values(Shifted(Exp(LR, 0.8), 3)), id="shifted"),
+    pytest.param({"name": "shifted", "schedule": {"name": "cosine"}, "offset": 5}, {"total": 11},
+                 values(Shifted(CosAnneal(LR, 0.0, 15, restart=False), 5)), id="shifted-total"),
+    pytest.param({"name": "Shortened", "schedule": {"name": "poly", "degree": 2}, "steps": 20}, {"total": 16},
+                 values(Shortened(Poly(LR, 2, 20), 20)), id="shortened"),
+    pytest.param({"name": "reverse", "schedule": {"name": "exp", "decay": 0.8}, "period": 14}, {},
+                 values(reverse(Exp(LR, 0.8), 14), 12) + [LR] * 4, id="reverse"),
+    pytest.param({"name": "symmetric", "schedule": {"name": "exp", "decay": 0.7}, "period": 12}, {},
+                 values(symmetric(Exp(LR, 0.7), 12), 11) + [LR] * 5, id="symmetric"),
+    pytest.param({"name": "ComposedSchedule", "schedule": {"name": "triangle", "period": 4, "min_factor": 0.5},
+                  "parameters": {"min_factor": {"name": "exp", "decay": 0.8}}}, {},
+                 values(ComposedSchedule(lambda l0: Triangle(l0, LR, 4), [Exp(0.05, 0.8)])), id="composed"),
+    pytest.param({"name": "composed", "schedule": {"name": "step", "step_size": 4, "decay": 0.5},
+                  "parameters": {"step_size": {"name": "linear", "start_factor": 1.0, "end_factor": 0.25}}},
+                 {"total": 16},
+                 values(ComposedSchedule(lambda n: Step(LR, 0.5, n), [lambda t: round(4 * (1 - 0.75 * (t - 1) / 16))])),
+                 id="composed-integer-field"),
+    pytest.param({"name": "hyperparams", "schedules": {"eta": {"name": "exp", "decay": 0.8}}}, {},
+                 values(Exp(LR, 0.8)), id="hyperparams-lr"),
     pytest.param({"name": "plateau", "patience": 2, "factor": 0.5}, {"metrics": _PLATEAU_METRICS},
                  [0.1] * 5 + [0.05] * 5 + [0.025] * 3 + [0.0125], id="plateau"),
     pytest.param({"name": "plateau", "patience": 2, "factor": 0.5, "min_factor": 0.3},
@@ -232,7 +301,7 @@ def test_schedule_follows_parameterschedulers(spec, fill, expected):
 
 def test_every_retort_schedule_has_a_value_test():
     retort = {name for name in plugins.available("scheduler") if not name.startswith("torch.")}
-    assert retort == {case.values[0]["name"] for case in CASES}
+    assert retort == {plugins.get("scheduler", case.values[0]["name"]).name for case in CASES}
 
 
 def test_cases_are_long_enough():

@@ -15,7 +15,7 @@ Optimisers.jl (where ``apply!`` of a chain stops at a ``nothing`` gradient)::
 
 The chain's ``param_groups`` are those of its main rule, the last rule that is not a gradient
 transform (or the last rule), so schedulers and the lr monitor drive and see that rule's ``lr``;
-:meth:`Chain.groups_with` finds the groups of any rule's hyperparameter, for hyperparameter schedules.
+:meth:`Chain.groups_with` finds every rule's groups holding a hyperparameter, for hyperparameter schedules.
 """
 
 from __future__ import annotations
@@ -141,12 +141,12 @@ class Chain(torch.optim.Optimizer):
         self.param_groups = self.main.param_groups
         self.defaults = self.main.defaults
 
-    def groups_with(self, key: str) -> list[dict[str, Any]]:
-        """The param groups holding hyperparameter ``key``: the main rule's, else the first rule's that has it."""
-        for rule in [self.main, *self.rules]:
-            if rule.param_groups and key in rule.param_groups[0]:
-                return rule.param_groups
-        return []
+    def groups_with(self, key: str) -> list[list[dict[str, Any]]]:
+        """The param groups of every rule holding hyperparameter ``key``, as Optimisers.jl's ``adjust!`` of a
+        chain sets every rule that has the field; ``lr`` is the main rule's only (the transforms' ``lr`` is
+        the step they take alone)."""
+        rules = [self.main] if key == "lr" else self.rules
+        return [r.param_groups for r in rules if r.param_groups and key in r.param_groups[0]]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
