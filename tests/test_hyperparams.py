@@ -18,7 +18,7 @@ from retort.recipes.schema import resolve
 GRADS = [0.5, -0.2, 0.8, 0.1, -0.4, 0.3]
 
 
-def _run(opt_spec, sched_spec, n=len(GRADS), **fill):
+def _run(opt_spec, sched_spec, n=6, **fill):
     w = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
     opt = plugins.build("optimizer", opt_spec, [w])
     sched = plugins.build("scheduler", sched_spec, opt, **fill)
