@@ -248,7 +248,7 @@ def _check_dims(name: str, dims: int) -> None:
 @_loss(task=("multiclass",), input="probabilities", aliases=_EPS)
 def crossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smoothing: float = 0.0,
                  dims: int = 1) -> Loss:
-    """Cross entropy of softmax probabilities: agg(−Σ_c y·log(ŷ + ε)) (torch's cross_entropy takes logits)."""
+    """Cross entropy of probabilities: agg(−Σ_c y·log(ŷ + ε)); label_smoothing 0 is off (Flux: 0 < α < 1)."""
     _check_eps("crossentropy", eps)
     _check_smoothing("crossentropy", label_smoothing)
     _check_dims("crossentropy", dims)
@@ -257,7 +257,7 @@ def crossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smoothing
 
 @_loss(task=("multiclass",), input="logits")
 def logitcrossentropy(*, agg: Agg = "mean", label_smoothing: float = 0.0, dims: int = 1) -> Loss:
-    """Cross entropy of logits: agg(−Σ_c y·logsoftmax(ŷ)) (torch F.cross_entropy, label_smoothing too)."""
+    """Cross entropy of logits: agg(−Σ_c y·logsoftmax(ŷ)) (F.cross_entropy); label_smoothing 0 is off (Flux: 0 < α)."""
     _check_smoothing("logitcrossentropy", label_smoothing)
     _check_dims("logitcrossentropy", dims)
     return _make("logitcrossentropy", _logitcrossentropy, agg=agg, label_smoothing=label_smoothing, dims=dims)
@@ -336,11 +336,12 @@ def _siamese_contrastive(yhat: Tensor, y: Tensor, *, name: str, agg: str, margin
 
 @_loss(task=("binary",), input="probabilities", aliases=_EPS)
 def binarycrossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smoothing: float = 0.0) -> Loss:
-    """Binary cross entropy of probabilities: agg(−y·log(ŷ + ε) − (1 − y)·log(1 − ŷ + ε)).
+    """Binary cross entropy of probabilities: agg(−y·log(ŷ + ε) − (1 − y)·log(1 − ŷ + ε)); label_smoothing 0: off.
 
     torch's F.binary_cross_entropy clamps the logs at −100 where Flux adds ε.
 
-    ``label_smoothing`` α uses Flux's binary rule, y(1 − α) + α/2.
+    ``label_smoothing`` α uses Flux's binary rule, y(1 − α) + α/2; α = 0 means none, where Flux's
+    ``label_smoothing`` refuses 0.
     """
     _check_eps("binarycrossentropy", eps)
     _check_smoothing("binarycrossentropy", label_smoothing)
@@ -349,7 +350,7 @@ def binarycrossentropy(*, agg: Agg = "mean", eps: float | None = None, label_smo
 
 @_loss(task=("binary",), input="logits")
 def logitbinarycrossentropy(*, agg: Agg = "mean", label_smoothing: float = 0.0) -> Loss:
-    """Binary cross entropy of logits: agg((1 − y)·ŷ − logσ(ŷ)) (torch F.binary_cross_entropy_with_logits).
+    """Binary cross entropy of logits: agg((1 − y)·ŷ − logσ(ŷ)) (F.binary_cross_entropy_with_logits); smoothing 0: off.
 
     ``label_smoothing`` α uses Flux's binary rule, y(1 − α) + α/2.
     """
@@ -360,7 +361,7 @@ def logitbinarycrossentropy(*, agg: Agg = "mean", label_smoothing: float = 0.0) 
 
 @_loss(task=("binary",), input="probabilities", aliases={"γ": "gamma", **_EPS})
 def binary_focal(*, agg: Agg = "mean", gamma: float = 2.0, eps: float | None = None) -> Loss:
-    """Binary focal loss of probabilities: agg(−(1 − p_t)^γ log p_t), p_t = yŷ + (1 − y)(1 − ŷ) + ε, γ = 2."""
+    """Binary focal loss: agg(−(1 − p_t)^γ log p_t), p_t = yŷ + (1 − y)(1 − ŷ) + ε (Flux: ŷ + ε), γ = 2."""
     _check("binary_focal", "gamma", gamma, gamma >= 0, ">= 0")
     _check_eps("binary_focal", eps)
     return _make("binary_focal", _binary_focal, agg=agg, gamma=gamma, eps=eps)
