@@ -46,7 +46,7 @@ def test_every_default_is_filled():
                          "scale": "standard", "target_scale": "none", "shuffle": True, "drop_last": False,
                          "eval_batch_size": 1024, "num_workers": 0, "pin_memory": False,
                          "persistent_workers": False, "prefetch_factor": None}
-    assert d["loss"] == {"name": "logitcrossentropy", "agg": "mean", "label_smoothing": 0.0}
+    assert d["loss"] == {"name": "logitcrossentropy", "agg": "mean", "label_smoothing": 0.0, "dims": 1}
     assert d["optimizer"]["lr"] == 0.001 and d["optimizer"]["betas"] == [0.9, 0.999]
     assert d["trainer"]["max_epochs"] == 10 and d["trainer"]["deterministic"] is True
     assert d["model"]["head"] == "none"
