@@ -26,6 +26,9 @@ yhat's shape; any other mismatch raises instead of broadcasting.
 aggregate over samples; ``none`` returns the unaggregated values (yhat's shape, or (N, ...) without
 the class dimension for class losses). ε defaults to ``torch.finfo(yhat.dtype).eps`` (Flux's
 ``eps(ŷ)``). dice_coeff and tversky reduce the whole batch to one number, as in Flux (no ``agg``).
+
+The module is longer than most because it holds one short formula per Flux loss side by side, as
+Flux's ``functions.jl`` does, with the target handling they share.
 """
 
 from __future__ import annotations

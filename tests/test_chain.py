@@ -125,6 +125,15 @@ def test_chain_shows_and_schedules_its_main_rule():
     assert torch.equal(again.main.state[w]["exp_avg"], opt.main.state[w]["exp_avg"])
 
 
+def test_flux_rule_names_are_aliases_listed_by_retort_plugins():
+    rows = {name: doc for _, name, doc, _ in plugins.describe("optimizer")}
+    for flux, name in [("Adam", "adam"), ("OAdam", "oadam"), ("AdaBelief", "adabelief"), ("RMSProp", "rmsprop"),
+                       ("WeightDecay", "weight_decay"), ("ClipGrad", "clip_grad"), ("ClipNorm", "clip_norm"),
+                       ("AccumGrad", "accum_grad"), ("SignDecay", "signdecay"), ("OptimiserChain", "chain")]:
+        assert plugins.get("optimizer", flux).name == name and flux in rows[name]
+    assert plugins.get("optimizer", "sign_decay").name == "signdecay"
+
+
 def test_resolve_fills_every_rules_defaults_and_names_bad_fields():
     got = plugins.resolve("optimizer", {"chain": [{"name": "ClipNorm", "ω": 1.0}, "Adam"]})
     assert got == {"name": "chain", "chain": [

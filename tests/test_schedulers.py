@@ -304,6 +304,22 @@ def test_every_retort_schedule_has_a_value_test():
     assert retort == {plugins.get("scheduler", case.values[0]["name"]).name for case in CASES}
 
 
+def test_parameterschedulers_names_are_aliases_listed_by_retort_plugins():
+    rows = {name: doc for _, name, doc, _ in plugins.describe("scheduler")}
+    for flux, name in [("CosAnneal", "cosanneal"), ("TriangleDecay2", "triangle_decay2"), ("SinExp", "sin_exp"),
+                       ("SinDecay2", "sin_decay2"), ("TriangleExp", "triangle_exp"), ("OneCycle", "onecycle"),
+                       ("Shifted", "shifted"), ("Shortened", "shortened"), ("ComposedSchedule", "composed"),
+                       ("Scheduler", "hyperparams"), ("Sequence", "sequence"), ("Loop", "loop")]:
+        assert plugins.get("scheduler", flux).name == name and flux in rows[name]
+    assert plugins.resolve("scheduler", "CosAnneal")["restart"] is True
+    assert plugins.resolve("scheduler", "cosine")["restart"] is False
+
+
+def test_composed_takes_numbers_as_constant_factors():
+    spec = {"name": "composed", "schedule": {"name": "exp", "decay": 0.8}, "parameters": {"decay": 0.5}}
+    assert run(spec, n=4) == close(values(Exp(LR, 0.4), 4))
+
+
 def test_cases_are_long_enough():
     assert all(len(case.values[2]) >= 12 for case in CASES)
 

@@ -288,7 +288,8 @@ def composed(optimizer: Optimizer, *, schedule: str | dict | None = None, parame
 
     ``{schedule: {name: triangle, period: 10}, parameters: {min_factor: {name: exp, decay: 0.9}}}``: at
     step t the triangle is rebuilt with ``min_factor`` = its value × 0.9^t and evaluated at t (an
-    integer field is rounded). Each parameter schedule is a factor (its base is 1).
+    integer field is rounded). Each parameter schedule is a factor (its base is 1); a number instead
+    of a schedule is a constant factor (Flux's numbers are Constant schedules).
     """
     _nested(schedule, "composed", "schedule")
     if not parameters or not isinstance(parameters, dict):
@@ -304,6 +305,8 @@ def composed(optimizer: Optimizer, *, schedule: str | dict | None = None, parame
             numeric = [k for k, v in base.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
             raise PluginError(f"scheduler 'composed': {key!r} is not a numeric field of {base['name']!r}; "
                               f"valid choices: {', '.join(numeric)}", field=f"parameters.{key}")
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            spec = {"name": "constant", "factor": spec}
         factors[key] = Values(spec, [1.0], total, f"parameters.{key}")
     bases = _bases(optimizer)
 
