@@ -37,10 +37,11 @@ METRICS = ["val/loss", "val/accuracy", "test/loss", "test/accuracy", "train/loss
 CHROMIUM = "/usr/bin/chromium"
 
 
-def tiny(seed: int, lr: float, experiment: str, epochs: int = 2):
+def tiny(seed: int, lr: float, experiment: str, epochs: int = 2, **data):
     raw = yaml.safe_load(yaml.safe_dump(TINY))
     raw["seed"], raw["optimizer"]["lr"], raw["tracking"]["experiment"] = seed, lr, experiment
     raw["trainer"]["max_epochs"] = epochs
+    raw["data"].update(data)
     return resolve(raw)
 
 
@@ -318,8 +319,13 @@ def render(path: Path, tmp: Path) -> str:
     done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
                            f"--user-data-dir={tmp / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
-                           path.as_uri()], capture_output=True, text=True, timeout=120)
+                           "--enable-logging=stderr", "--v=0", path.as_uri()], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    # any JavaScript error fails the test, whether or not the page's own handler saw it
+    errors = [line for line in done.stderr.splitlines() if "CONSOLE" in line and re.search(r"Error|Uncaught", line)]
+    assert not errors, errors
+    assert '<pre id="report-errors"></pre>' in done.stdout
     return done.stdout
 
 
@@ -387,3 +393,33 @@ def test_html_report_of_a_sweep_shows_history_and_pruned_trials(store: Store, cl
     diff = dom.split(f'<details class="diff" data-run="{other}">')[1].split("</details>")[0]
     assert "optimizer.lr</td><td class=\"minus\">" in diff and "<td class=\"plus\">0.03</td>" in diff
     assert "trainer.max_epochs" in diff
+
+
+def test_the_report_scripts_parse():
+    """The page's script files, checked by node where it is installed (the browser tests run them)."""
+    from importlib.resources import files
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the scripts are only checked by the browser tests")
+    for name in ("report.js", "onerror.js"):
+        script = files("retort.tracking.report").joinpath(name)
+        done = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+
+
+def test_one_tick_algorithm_gives_round_ticks_and_integers_on_integer_axes():
+    from retort.tracking.axes import axis, log_ticks, ticks
+
+    assert ticks(1, 2, integer=True) == [1, 2]  # epochs 1 and 2: no 1.2, 1.4
+    assert ticks(1, 2) == [1, 1.2, 1.4, 1.6, 1.8, 2]
+    assert ticks(1, 12, integer=True) == [2, 4, 6, 8, 10, 12]
+    assert ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1]
+    assert ticks(0.1043, 0.2113, n=5) == [0.12, 0.14, 0.16, 0.18, 0.2]
+    assert log_ticks(0.01, 2) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+    assert log_ticks(1e-5, 1) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1]
+    assert axis([3, 3], integer=True) == {"domain": [2, 4], "log": False, "ticks": [2, 3, 4], "labels": ["2", "3", "4"]}
+    assert axis([0.02, 2.0]) == {"domain": [0.02, 2.0], "log": True, "ticks": [0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
+                                 "labels": ["0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]}
+    assert axis([])["domain"] == [0, 1] and axis([float("nan"), 5.0, None])["domain"] == [4.75, 5.25]
+

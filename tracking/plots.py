@@ -1,7 +1,8 @@
 """Plots recorded with a run: the loss curves, written as a small self-contained SVG (MLflow's UI shows it).
 
 Drawn by hand rather than with matplotlib: importing matplotlib and rendering a PNG cost a single run
-0.3-0.5 s and every sweep trial 0.1 s; this costs a few milliseconds and reads the same in the UI.
+0.3-0.5 s and every sweep trial 0.1 s; this costs a few milliseconds and reads the same in the UI. Its ticks
+are :mod:`retort.tracking.axes`' (the report's charts use the same).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from retort.tracking.axes import label as tick_label
+from retort.tracking.axes import log_ticks, ticks
 from retort.tracking.vocabulary import Metric
 
 WIDTH, HEIGHT = 700, 400
@@ -66,13 +69,13 @@ def svg_lines(lines: dict[str, list[tuple[float, float]]], *, xlabel: str, ylabe
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
            f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
            f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>']
-    for x in _ticks(xlo, xhi):
+    for x in ticks(xlo, xhi, integer=True):
         out.append(f'<line x1="{px(x):.1f}" y1="{TOP}" x2="{px(x):.1f}" y2="{TOP + ph}" stroke="#e6e6e6"/>'
-                   f'<text x="{px(x):.1f}" y="{TOP + ph + 15}" text-anchor="middle">{_label(x)}</text>')
-    for v in (_log_ticks(lo, hi) if log else _ticks(ylo, yhi)):
+                   f'<text x="{px(x):.1f}" y="{TOP + ph + 15}" text-anchor="middle">{tick_label(x)}</text>')
+    for v in (log_ticks(lo, hi) if log else ticks(ylo, yhi)):
         if ylo <= ty(v) <= yhi:
             out.append(f'<line x1="{LEFT}" y1="{py(v):.1f}" x2="{LEFT + pw}" y2="{py(v):.1f}" stroke="#e6e6e6"/>'
-                       f'<text x="{LEFT - 5}" y="{py(v) + 4:.1f}" text-anchor="end">{_label(v)}</text>')
+                       f'<text x="{LEFT - 5}" y="{py(v) + 4:.1f}" text-anchor="end">{tick_label(v)}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>'
                f'<text x="{LEFT + pw / 2}" y="{HEIGHT - 8}" text-anchor="middle">{escape(xlabel)}</text>'
                f'<text transform="translate(14 {TOP + ph / 2}) rotate(-90)" text-anchor="middle">'
@@ -115,23 +118,3 @@ def _finite_runs(points: list[tuple[float, float]]) -> list[list[tuple[float, fl
         elif runs[-1]:
             runs.append([])
     return [r for r in runs if r]
-
-
-def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """About ``n`` round values (1, 2 or 5 times a power of ten apart) between lo and hi."""
-    raw = (hi - lo) / n
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step) * step
-    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Powers of ten between lo and hi; with 1, 2 and 5 times them when the range spans few decades."""
-    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    mantissas = (1,) if b - a > 3 else (1, 2, 5)
-    return [m * 10.0 ** k for k in range(a, b + 1) for m in mantissas if lo <= m * 10.0 ** k <= hi] or [lo, hi]
-
-
-def _label(v: float) -> str:
-    return f"{v:.4g}" if v == 0 or 1e-3 <= abs(v) < 1e5 else f"{v:.0e}"

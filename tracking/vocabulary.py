@@ -1,4 +1,4 @@
-"""The record's vocabulary: every tag, metric name and Optuna attribute that retort writes and reads.
+"""The record's vocabulary: every tag, param, metric name and Optuna attribute that retort writes and reads.
 
 Writers and readers both import these names, so that what a sweep writes is what ``compare`` reads. A
 record written by an older retort may lack a name; readers treat a missing tag as unknown.
@@ -54,6 +54,17 @@ class Tag:
     PARENT_RUN_ID = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"
     SOURCE_NAME = "mlflow.source.name"
+
+
+class Param:
+    """Params (recipe fields by dotted path) that readers treat apart."""
+
+    SEED = "seed"
+    RUN_NAME = "tracking.run_name"          # names a run (shown as its name), never compared
+    # descriptive: they say what a run is called, how it was recorded or swept, not what it trained, so
+    # compare neither shows them as differing params nor groups by them unless asked (--descriptive)
+    DESCRIPTIVE = ("name", "description")
+    DESCRIPTIVE_PREFIXES = ("sweep.", "tracking.")
 
 
 class Metric:
