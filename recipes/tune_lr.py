@@ -317,7 +317,10 @@ def main(args: argparse.Namespace) -> int:
     if not path.parent.is_dir():
         raise RecipeError(f"folder {str(path.parent)!r} does not exist", field="--plot")
     recipe = load_recipe(args)
-    if "lr" not in recipe.optimizer:
+    from retort.plugins.optimizers import lr_field
+
+    lr = lr_field(recipe.optimizer)  # a chain's is its main rule's
+    if lr is None:
         raise RecipeError(f"optimizer {recipe.optimizer['name']!r} has no learning rate to test",
                           field="optimizer.name")
     built = prepare(recipe)
@@ -337,7 +340,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"steepest fall of the smoothed loss at lr {suggestion:g} (smoothed loss {test.smoothed[i]:.4g}); "
           f"lowest smoothed loss {min(v for v in test.smoothed if math.isfinite(v)):.4g}")
     print(f"plot: {path}")
-    print(sweep_snippet(recipe, "optimizer.lr", {"low": low, "high": high, "log": True}, "to centre a sweep on it"))
+    print(sweep_snippet(recipe, f"optimizer.{lr}", {"low": low, "high": high, "log": True}, "to centre a sweep on it"))
     print(f"suggested_lr: {suggestion:g}")
     print(f"suggested_range: [{low:g}, {high:g}]")
     return 0

@@ -172,3 +172,22 @@ def test_a_chain_trains_as_the_shorthand_does(client):
     a, b = ([m.value for m in sorted(client.get_metric_history(r.run_id, "train/loss"), key=lambda m: m.step)]
             for r in runs)
     assert len(a) > 10 and a == pytest.approx(b, rel=1e-6)
+
+
+def test_lr_field_names_the_main_rules_rate():
+    from retort.plugins.optimizers import lr_field
+
+    assert lr_field(plugins.resolve("optimizer", "adam")) == "lr"
+    assert lr_field(plugins.resolve("optimizer", {"chain": ["clip_norm", "adam", "clip_grad"]})) == "chain.1.lr"
+    assert lr_field(plugins.resolve("optimizer", {"chain": ["weight_decay"]})) == "chain.0.lr"
+
+
+@pytest.mark.slow
+def test_lr_find_tests_a_chains_main_rate(workdir, capsys):
+    from retort.recipes.cli import main
+
+    chain = "optimizer={chain: [{name: clip_norm, omega: 1.0}, {name: rmsprop}]}"
+    code = main(["lr-find", "iris-rmsprop", "--steps", "20", "-s", chain, "--plot", "chain.png"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "optimizer.chain.1.lr: {low: " in out and (workdir / "chain.png").exists()

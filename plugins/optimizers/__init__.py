@@ -105,6 +105,17 @@ def chain(params: Params, *, chain: list[Any]) -> Chain:
                           for s in specs])
 
 
+def lr_field(section: dict[str, Any]) -> str | None:
+    """The dotted field of a resolved optimizer section's learning rate: ``lr``, a chain's main rule's
+    ``chain.<i>.lr`` (the rate its ``param_groups`` show), or None when it has none."""
+    if section.get("name") != "chain":
+        return "lr" if "lr" in section else None
+    rules = section["chain"]
+    main = next((i for i in reversed(range(len(rules)))
+                 if not plugins.get("optimizer", rules[i]["name"]).factory.gradient_transform), len(rules) - 1)
+    return f"chain.{main}.lr" if "lr" in rules[main] else None
+
+
 add("optimizer", "chain", chain, origin=_ORIGIN, resolve=_resolve_chain)
 alias("optimizer", "OptimiserChain", to="chain")
 
@@ -134,4 +145,4 @@ for _name, _cls in torch_optimizers().items():
     add("optimizer", f"torch.optim.{_name}", _cls, doc=_torch_doc(_name, _cls), origin="torch.optim")
 
 
-__all__ = ["FLUX_RULES", "TRANSFORMS", "Chain", "FluxRule", "clip_per_tensor_norm_", "torch_optimizers"]
+__all__ = ["FLUX_RULES", "TRANSFORMS", "Chain", "FluxRule", "clip_per_tensor_norm_", "lr_field", "torch_optimizers"]
