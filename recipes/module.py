@@ -69,8 +69,21 @@ class RecipeData(pl.LightningDataModule):
         self.shuffle = recipe.data["shuffle"]
         self.drop_last = recipe.data["drop_last"]
         self.loader_options = {k: recipe.data[k] for k in LOADER_OPTIONS}
+        self.on_device = recipe.data["on_device"]
         self._train: TensorLoader | DataLoader | None = None
         self._epoch = (0, 0)  # the epoch the next training pass serves, and its first batch
+
+    def setup(self, stage: str) -> None:
+        # a small data set lives on the GPU for the whole run: a step slices it there, with no host copy
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        tables = isinstance(self.splits.train, tuple)
+        if self.on_device and tables and device is not None and device.type != "cpu" \
+                and self.splits.train[0].device != device:
+            from dataclasses import replace
+
+            move = lambda split: tuple(t.to(device) for t in split)  # noqa: E731
+            self.splits = replace(self.splits, train=move(self.splits.train), val=move(self.splits.val),
+                                  test=move(self.splits.test))
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -163,6 +176,11 @@ class RecipeModule(pl.LightningModule):
         model = build_plugin("model", plugin_spec("model", recipe.model), "model", info)
         head = {"softmax": nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid()}.get(recipe.model["head"])
         self.net = model if head is None else nn.Sequential(model, head)
+        t = recipe.trainer
+        if t["channels_last"]:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        # compiled outside the module's registry: the state dict (checkpoints, best weights) keeps its keys
+        self.__dict__["compiled_net"] = torch.compile(self.net, mode=t["compile_mode"]) if t["compile"] else None
         self.loss_fn = build_plugin("loss", recipe.loss, "loss")
         self.val_metrics = nn.ModuleDict(
             {metric_key(m): build_plugin("metric", m, f"metrics.{i}", info) for i, m in enumerate(recipe.metrics)})
@@ -189,7 +207,7 @@ class RecipeModule(pl.LightningModule):
     # --- the loop ------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return (self.compiled_net or self.net)(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

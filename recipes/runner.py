@@ -143,6 +143,9 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     _quiet_lightning()
     if recipe.trainer["threads"]:
         torch.set_num_threads(recipe.trainer["threads"])
+    # TF32 only by choice (set every run: a sweep worker runs many recipes in one process)
+    torch.set_float32_matmul_precision("high" if recipe.trainer["tf32"] else "highest")
+    torch.backends.cudnn.allow_tf32 = recipe.trainer["tf32"]
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
     try:
         built = build(recipe)
@@ -181,7 +184,7 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
     monitor = None
     if record is not None and built.recipe.tracking["system_metrics"]:
         monitor = SystemMonitor(record, built.recipe.tracking["system_metrics_interval"]).start()
-    fit = _Fit(built, record, tmp, quiet, extra)
+    fit = _Fit(built, record, tmp, quiet, extra, monitor)
     try:
         with SignalGuard() as guard:
             result = fit.run(guard, checkpoint)
@@ -249,8 +252,9 @@ def _download_checkpoint(uri: str, run_id: str, tmp: Path) -> Path:
 class _Fit:
     """One fit and test of a built recipe, with the loop's own callbacks."""
 
-    def __init__(self, built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any]):
+    def __init__(self, built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any], monitor: Any = None):
         self.built, self.record, self.tmp, self.quiet, self.extra = built, record, tmp, quiet, extra
+        self.monitor = monitor
         self.interruption: Any = None
         self.run_id_callback: Any = None
 
@@ -267,6 +271,11 @@ class _Fit:
         self.interruption = Interruption(guard, tmp / "last.ckpt", recorder)
         self.run_id_callback = RunId(self.record.run_id if self.record is not None else None)
         callbacks: list[pl.Callback] = [recorder, self.interruption, self.run_id_callback]
+        if recipe.tracking["telemetry"]:
+            from retort.recipes.throughput import Throughput
+
+            callbacks.insert(0, Throughput(self.record, peak_tflops=recipe.tracking["peak_tflops"],
+                                           compiled=t["compile"], tf32=t["tf32"], monitor=self.monitor))
         if not self.quiet:
             callbacks.append(EpochLine(t["max_epochs"]))
         user = list(built.callbacks)

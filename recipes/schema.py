@@ -45,6 +45,7 @@ class DataOptions(_Options):
     shuffle: bool = Field(True, description="reshuffle the training rows every epoch (seeded)")
     drop_last: bool = Field(False, description="drop the last, smaller training batch")
     eval_batch_size: int = Field(1024, gt=0, description="batch size of validation and test passes")
+    on_device: bool = Field(True, description="keep in-memory tables on the training device (no host copy per step)")
     # torch DataLoader settings for data plugins that return data sets (tables are sliced in memory)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (data sets only)")
     pin_memory: bool = Field(False, description="DataLoader pin_memory, for copies to a GPU (data sets only)")
@@ -85,7 +86,12 @@ class TrainerOptions(_Options):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp",
                       "single_device"] = "auto"
     num_nodes: int = Field(1, ge=1)
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"] = Field(
+        "32-true", description="16-mixed scales the loss (overflows counted); bf16-mixed needs no scaling")
+    compile: bool = Field(False, description="torch.compile the model (compile time recorded apart)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    tf32: bool = Field(False, description="TF32 tensor cores for float32 matmuls and convolutions (CUDA)")
+    channels_last: bool = Field(False, description="channels-last memory format for convolutions")
     deterministic: bool = Field(True, description="deterministic algorithms, for exact re-runs")
     check_val_every_n_epoch: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
@@ -100,6 +106,9 @@ class TrackingOptions(_Options):
     system_metrics: bool = Field(True, description="sample CPU, memory (and GPU) use during the run")
     system_metrics_interval: float = Field(10.0, gt=0, description="seconds between system-metric samples")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags on the run")
+    telemetry: bool = Field(True, description="record throughput, data wait, peak memory and MFU per epoch")
+    peak_tflops: float | None = Field(None, gt=0, description="one device's peak TFLOP/s for MFU (default: "
+                                                               "the GPU table)")
 
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "grid")

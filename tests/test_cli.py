@@ -237,3 +237,7 @@ def test_ddp_over_two_cpu_processes_makes_one_run(tmp_path: Path):
     per_rank = math.ceil(1077 / 2 / 64)  # each rank trains on half the rows, batches of 64
     assert len(client.get_metric_history(run_id, "train/loss")) == 2 * per_rank
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2]
+    # throughput over both ranks (each trains its half at once), and where each rank ran
+    assert [m.step for m in client.get_metric_history(run_id, "perf/samples_per_second")] == [1, 2]
+    tags = runs[0].data.tags
+    assert tags["retort.rank0.device"].startswith("node 0 (") and tags["retort.rank1.device"].endswith(" cpu")

@@ -44,7 +44,7 @@ def test_every_default_is_filled():
     d = r.to_dict()
     assert d["data"] == {"name": "digits", "batch_size": 64, "val_fraction": 0.2, "test_fraction": 0.2,
                          "scale": "standard", "target_scale": "none", "shuffle": True, "drop_last": False,
-                         "eval_batch_size": 1024, "num_workers": 0, "pin_memory": False,
+                         "eval_batch_size": 1024, "on_device": True, "num_workers": 0, "pin_memory": False,
                          "persistent_workers": False, "prefetch_factor": None}
     assert d["loss"] == {"name": "logitcrossentropy", "agg": "mean", "label_smoothing": 0.0, "dims": 1}
     assert d["optimizer"]["lr"] == 0.001 and d["optimizer"]["betas"] == [0.9, 0.999]

@@ -1,4 +1,4 @@
-"""System metrics sampled during a run: CPU, memory, and per-GPU utilization and memory where GPUs exist.
+"""System metrics sampled during a run: CPU, memory, and utilization, memory and power of the run's own GPUs.
 
 A daemon thread takes a sample at the start, every ``interval`` seconds, and at the end, and hands the
 values to the run's buffered record under MLflow's ``system/`` names (the MLflow UI shows them in its
@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 
-def sample() -> dict[str, float]:
-    """One reading of this machine and this process."""
+def sample(gpus: Any = None) -> dict[str, float]:
+    """One reading of this machine and this process, and of ``gpus`` (a :class:`telemetry.GpuReader`)."""
     import psutil
 
     vm = psutil.virtual_memory()
@@ -26,22 +26,23 @@ def sample() -> dict[str, float]:
         "system/system_memory_usage_percentage": vm.percent,
         "system/process_memory_rss_megabytes": proc.memory_info().rss / 2**20,
     }
-    values.update(_gpu_sample())
+    if gpus is not None:
+        values.update(_gpu_sample(gpus))
     return values
 
 
-def _gpu_sample() -> dict[str, float]:
+def _gpu_sample(gpus: Any) -> dict[str, float]:
+    """This run's GPUs only: through NVML where it is installed, else the memory torch sees."""
     import torch
 
-    if not torch.cuda.is_available():
-        return {}
+    if gpus.available:
+        return {f"system/gpu_{i}_{k}": v for i, reading in gpus.read().items() for k, v in reading.items()}
     out: dict[str, float] = {}
-    for i in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(i)
-        out[f"system/gpu_{i}_memory_usage_megabytes"] = (total - free) / 2**20
-        out[f"system/gpu_{i}_memory_usage_percentage"] = 100 * (total - free) / total
-        with contextlib.suppress(Exception):  # needs nvidia-ml-py
-            out[f"system/gpu_{i}_utilization_percentage"] = float(torch.cuda.utilization(i))
+    for i in gpus.indices:
+        with contextlib.suppress(Exception):
+            free, total = torch.cuda.mem_get_info(i)
+            out[f"system/gpu_{i}_memory_usage_megabytes"] = (total - free) / 2**20
+            out[f"system/gpu_{i}_memory_usage_percentage"] = 100 * (total - free) / total
     return out
 
 
@@ -54,6 +55,7 @@ class SystemMonitor:
         self._thread = threading.Thread(target=self._loop, name="retort-system-metrics", daemon=True)
         self._step = 0
         self._start = time.monotonic()
+        self.gpus: Any = None  # the run's GPUs, set once the trainer knows them
 
     def start(self) -> SystemMonitor:
         import psutil
@@ -64,7 +66,7 @@ class SystemMonitor:
 
     def _take(self) -> None:
         self._step += 1
-        self.record.log(sample(), step=self._step)
+        self.record.log(sample(self.gpus), step=self._step)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
