@@ -16,16 +16,29 @@ EXAMPLES = """examples:
   retort rerun 3f2a9c...                                # prints reproduced: yes|no
   retort rerun 3f2a9c... --tracking-uri sqlite:////shared/mlflow.db
 
+  retort rerun 3f2a9c... --tolerance 1e-2               # a bf16 GPU run on another GPU model
+
 The recipe comes from the run's recipe.yaml artifact (no file needed); the new run is recorded in the
-same experiment with tag retort.rerun_of. Exit 0 when every final metric matches exactly, 1 when not
-(each differing metric is printed), 2 for an unknown run."""
+same experiment with tag retort.rerun_of. It says which of code, environment, hardware and data differ
+from the record. Exit 0 when every final metric matches (exactly on CPU; within a relative 1e-3 when either
+run used a GPU, whose kernels and reductions differ between GPU models, drivers and CUDA/cuDNN versions), 1
+when not (each differing metric is printed), 2 for an unknown run."""
 
 #: metrics a re-run must reproduce: the final values of training, validation and test
 COMPARED_PREFIXES = (Metric.TRAIN_LOSS_EPOCH, "val/", "test/")
+#: what a run ran on: a difference here is a hardware difference
+HARDWARE_TAGS = (Tag.ACCELERATOR, Tag.DEVICES, Tag.DEVICE_COUNT, Tag.WORLD_SIZE, Tag.NUM_NODES, Tag.GPU_MODEL,
+                 Tag.GPU_COUNT, Tag.GPU_DRIVER, Tag.CUDA_VERSION, Tag.CUDNN_VERSION)
+#: relative tolerance when either run used a GPU
+GPU_TOLERANCE = 1e-3
+KINDS = ("code", "environment", "hardware", "data")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", metavar="RUN_ID", help="the MLflow run to re-run")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="REL",
+                        help=f"relative tolerance of the comparison (default: 0 on CPU, {GPU_TOLERANCE:g} when "
+                             "either run used a GPU)")
 
 
 def recorded_recipe(client: Any, run_id: str, tmp: Path) -> Any:
@@ -51,6 +64,11 @@ def recorded_recipe(client: Any, run_id: str, tmp: Path) -> Any:
 
 def drift(client: Any, run: Any, tmp: Path) -> list[str]:
     """Warnings when this code or environment differs from the record's."""
+    return [message for _, message in code_and_environment(client, run, tmp)]
+
+
+def code_and_environment(client: Any, run: Any, tmp: Path) -> list[tuple[str, str]]:
+    """(kind, warning) for each way this code or environment differs from the record's."""
     from mlflow.exceptions import MlflowException
 
     from retort.tracking.context import code_states, environment, version
@@ -58,24 +76,41 @@ def drift(client: Any, run: Any, tmp: Path) -> list[str]:
     tags = run.data.tags
     out = []
     if tags.get(Tag.VERSION) and tags[Tag.VERSION] != version("retort"):
-        out.append(f"retort {version('retort')} here, {tags[Tag.VERSION]} in the record")
+        out.append(("code", f"retort {version('retort')} here, {tags[Tag.VERSION]} in the record"))
     for prefix, state in code_states(None).items():
         recorded = tags.get(f"{prefix}.commit")
         if recorded and recorded != state.commit:
-            out.append(f"{prefix} commit {state.commit[:12]} here, {recorded[:12]} in the record")
+            out.append(("code", f"{prefix} commit {state.commit[:12]} here, {recorded[:12]} in the record"))
         if state.dirty:
-            out.append(f"{prefix} working tree at {state.root} has uncommitted changes")
+            out.append(("code", f"{prefix} working tree at {state.root} has uncommitted changes"))
     try:
         recorded_env = Path(client.download_artifacts(run.info.run_id, "requirements.txt", str(tmp))).read_text()
     except (MlflowException, OSError):
-        return [*out, "the record has no environment (requirements.txt) to compare with"]
+        return [*out, ("environment", "the record has no environment (requirements.txt) to compare with")]
     then = _packages(recorded_env)
     now = _packages(environment())
     changed = sorted(n for n in then.keys() | now.keys() if then.get(n) != now.get(n))
     if changed:
         shown = ", ".join(f"{n} {then.get(n, 'absent')} -> {now.get(n, 'absent')}" for n in changed[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-        out.append(f"environment differs: {shown}{more}")
+        out.append(("environment", f"environment differs: {shown}{more}"))
+    return out
+
+
+def hardware_and_data(recorded: Any, new: Any) -> list[tuple[str, str]]:
+    """(kind, warning) for each way the re-run's devices or data differ from the record's."""
+    out = []
+    for tag in HARDWARE_TAGS:
+        then, now = recorded.data.tags.get(tag), new.data.tags.get(tag)
+        if then != now and (then is not None or now is not None):
+            out.append(("hardware", f"{tag} {now or 'absent'} here, {then or 'absent'} in the record"))
+
+    def digests(run: Any) -> list[str]:
+        return sorted(d.dataset.digest for d in run.inputs.dataset_inputs) if run.inputs else []
+
+    if digests(recorded) != digests(new):
+        out.append(("data", f"data digest {', '.join(digests(new)) or 'none'} here, "
+                            f"{', '.join(digests(recorded)) or 'none'} in the record"))
     return out
 
 
@@ -88,12 +123,14 @@ def final_metrics(run: Any) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if k.startswith(COMPARED_PREFIXES)}
 
 
-def compare(recorded: dict[str, float], now: dict[str, float]) -> list[str]:
-    """One line per metric that differs (exactly: a deterministic CPU run reproduces bit for bit)."""
+def compare(recorded: dict[str, float], now: dict[str, float], tolerance: float = 0.0) -> list[str]:
+    """One line per metric that differs by more than ``tolerance`` (relative; 0: exactly, as a deterministic
+    CPU run reproduces bit for bit)."""
     lines = []
     for key in sorted(recorded.keys() | now.keys()):
         a, b = recorded.get(key), now.get(key)
-        same = a is not None and b is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+        same = a is not None and b is not None and (
+            a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=tolerance, abs_tol=0.0))
         if not same:
             lines.append(f"  {key}: recorded {a!r}, now {b!r}")
     return lines
@@ -108,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="retort-rerun-") as tmp:
         recipe = recorded_recipe(client, args.run_id, Path(tmp))
         run = client.get_run(args.run_id)
-        for warning in drift(client, run, Path(tmp)):
+        found = code_and_environment(client, run, Path(tmp))
+        for _, warning in found:
             print(f"warning: {warning}", file=sys.stderr)
     from retort.plugins.errors import RunFailed
 
@@ -117,13 +155,20 @@ def main(args: argparse.Namespace) -> int:
     except RunFailed as exc:
         print(f"error: the re-run failed: {exc}", file=sys.stderr)
         return 1
-    recorded = final_metrics(run)
-    now = {k: v for k, v in client.get_run(result.run_id).data.metrics.items() if k.startswith(COMPARED_PREFIXES)}
-    differing = compare(recorded, now)
+    new = client.get_run(result.run_id)
+    later = hardware_and_data(run, new)
+    for _, warning in later:
+        print(f"warning: {warning}", file=sys.stderr)
+    kinds = {kind for kind, _ in found + later}
+    gpu = "cuda" in (run.data.tags.get(Tag.ACCELERATOR), new.data.tags.get(Tag.ACCELERATOR))
+    tolerance = args.tolerance if args.tolerance is not None else (GPU_TOLERANCE if gpu else 0.0)
+    differing = compare(final_metrics(run), final_metrics(new), tolerance)
+    print("differs from the record: " + (", ".join(k for k in KINDS if k in kinds) or "nothing"))
     print(f"run_id: {result.run_id}")
+    within = f" (within a relative {tolerance:g}{': a GPU run' if gpu else ''})" if tolerance else ""
     if differing:
-        print("reproduced: no")
+        print(f"reproduced: no{within}")
         print("\n".join(differing))
         return 1
-    print("reproduced: yes")
+    print(f"reproduced: yes{within}")
     return 0

@@ -60,6 +60,7 @@ class Throughput(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
         from retort.tracking.telemetry import GpuReader, gpu_tags, number_format, peak_flops
+        from retort.tracking.vocabulary import Tag
 
         device = trainer.strategy.root_device
         indices = [device.index if device.index is not None else torch.cuda.current_device()] \
@@ -81,7 +82,7 @@ class Throughput(pl.Callback):
                 else _all_gather_object(where)
             tags.update({f"retort.rank{r}.device": w for r, w in enumerate(names)})
             if device.type == "cuda":
-                tags["gpu.count"] = str(trainer.world_size)
+                tags[Tag.GPU_COUNT] = str(trainer.world_size)
         if self.record is not None:
             self.record.set_tags(tags)
             if self.monitor is not None:

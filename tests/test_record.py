@@ -314,3 +314,30 @@ def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backen
     fast.log({"val/acc": 1.0}, step=4)
     with pytest.raises(Exception, match="must be in the 'active' state"):
         fast.flush()
+
+
+@pytest.mark.slow
+def test_rerun_of_a_gpu_record_compares_within_tolerance_and_names_what_differs(client, workdir: Path, capsys):
+    import argparse
+
+    from retort.recipes.rerun import main
+
+    result = recipes.run(small(trainer={"max_epochs": 1, "accelerator": "cpu"}), quiet=True)
+    # the record says the run was on a GPU, with a final loss a little off what this machine computes
+    client.set_tag(result.run_id, "retort.accelerator", "cuda")
+    client.set_tag(result.run_id, "gpu.model", "NVIDIA H200")
+    loss = client.get_run(result.run_id).data.metrics["test/loss"]
+    client.log_metric(result.run_id, "test/loss", loss * (1 + 4e-4), step=99)
+    args = argparse.Namespace(run_id=result.run_id, tracking_uri=None, quiet=True, tolerance=None)
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    kinds = set(lines[-3].removeprefix("differs from the record: ").split(", "))
+    assert kinds - {"code"} == {"hardware"} and lines[-2].startswith("run_id: ")  # code: a dirty checkout
+    assert lines[-1] == "reproduced: yes (within a relative 0.001: a GPU run)"
+    assert "warning: retort.accelerator cpu here, cuda in the record" in err
+    assert "warning: gpu.model absent here, NVIDIA H200 in the record" in err
+    # asked for exact equality, the same comparison fails on that loss alone
+    assert main(argparse.Namespace(**{**vars(args), "tolerance": 0.0})) == 1
+    out = capsys.readouterr().out
+    assert "reproduced: no" in out and "test/loss: recorded" in out and "test/accuracy" not in out

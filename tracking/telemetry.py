@@ -116,14 +116,16 @@ def gpu_tags(indices: list[int]) -> dict[str, str]:
 
     if not indices or not torch.cuda.is_available():
         return {}
+    from retort.tracking.vocabulary import Tag
+
     names = [torch.cuda.get_device_name(i) for i in indices]
-    tags = {"cuda.version": str(torch.version.cuda), "cudnn.version": str(torch.backends.cudnn.version()),
-            "gpu.model": ", ".join(sorted(set(names))), "gpu.count": str(len(indices))}
+    tags = {Tag.CUDA_VERSION: str(torch.version.cuda), Tag.CUDNN_VERSION: str(torch.backends.cudnn.version()),
+            Tag.GPU_MODEL: ", ".join(sorted(set(names))), Tag.GPU_COUNT: str(len(indices))}
     nvml = _nvml()
     if nvml is not None:
         with contextlib.suppress(Exception):
             driver = nvml.nvmlSystemGetDriverVersion()
-            tags["gpu.driver_version"] = driver.decode() if isinstance(driver, bytes) else str(driver)
+            tags[Tag.GPU_DRIVER] = driver.decode() if isinstance(driver, bytes) else str(driver)
     return tags
 
 

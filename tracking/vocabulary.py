@@ -26,6 +26,12 @@ class Tag:
     FAILURE = "retort.failure"              # why a run ended FAILED or KILLED
     RESUMED = "retort.resumed"              # "true" once a run was continued with --resume
     RERUN_OF = "retort.rerun_of"            # the run a `retort rerun` repeated
+    # runs on GPUs
+    CUDA_VERSION = "cuda.version"
+    CUDNN_VERSION = "cudnn.version"
+    GPU_DRIVER = "gpu.driver_version"
+    GPU_MODEL = "gpu.model"
+    GPU_COUNT = "gpu.count"
 
     # a sweep's parent run
     SWEEP = "retort.sweep"                  # "parent" on a sweep's parent run
