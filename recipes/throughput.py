@@ -45,6 +45,8 @@ class Throughput(pl.Callback):
         self.peak: float | None = None
         self.counted = False
         self.gpus: Any = None
+        self.cuda = False
+        self.scaler: Any = None
         self._compile_start = 0.0
         self._compile_reported = False
         self._scales: list[torch.Tensor] = []
@@ -63,6 +65,9 @@ class Throughput(pl.Callback):
         from retort.tracking.vocabulary import Tag
 
         device = trainer.strategy.root_device
+        self.cuda = device.type == "cuda"
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: its scale, read each step
+        self.scaler = scaler if getattr(scaler, "_scale", False) is not False else None
         indices = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []
         self.gpus = GpuReader(indices)
@@ -111,15 +116,14 @@ class Throughput(pl.Callback):
         self.step_start = now
 
     def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx + 1 == trainer.num_training_batches and trainer.strategy.root_device.type == "cuda":
+        if self.cuda and batch_idx + 1 == trainer.num_training_batches:
             torch.cuda.synchronize()  # once an epoch: the epoch's time is the device's, not the queue's
         now = time.perf_counter()
         self.step_times.append(now - self.step_start)
         self.last_end = now
         self.steps += 1
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            self._scales.append(scaler._scale.detach().clone())
+        if self.scaler is not None and self.scaler._scale is not None:  # a copy on the device: no sync
+            self._scales.append(self.scaler._scale.detach().clone())
 
     # --- per epoch -------------------------------------------------------------------------------
 
