@@ -25,6 +25,7 @@ Built-in modules are imported on first use of their kind, so importing this pack
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -32,7 +33,7 @@ import math
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,7 +104,8 @@ _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
 _NAMES: dict[str, dict[str, str]] = {k: {} for k in KINDS}  # lowercased alias -> canonical name
 _loaded: set[str] = set()
 _entry_points_loaded = False
-_current_origin: list[str] = []  # set while an entry point is being loaded
+_current_origin: list[str] = []  # set while an entry point or a recipe's own code is being loaded
+_recorders: list[list[Entry]] = []  # open `recording` blocks
 
 
 def _check_kind(kind: str) -> None:
@@ -140,6 +142,8 @@ def add(
                       stacklevel=3)
     entry = Entry(kind, name, factory, doc, origin, dict(aliases or {}), dict(meta))
     _REGISTRY[kind][name] = entry
+    for recorder in _recorders:
+        recorder.append(entry)
     return entry
 
 
@@ -151,6 +155,19 @@ def alias(kind: str, *names: str, to: str) -> None:
         shown = _REGISTRY[kind][to].names
         if name not in shown:
             shown.append(name)
+
+
+@contextlib.contextmanager
+def recording(origin: str) -> Iterator[list[Entry]]:
+    """The entries registered inside the block, each with ``origin`` (a recipe's own code names itself)."""
+    made: list[Entry] = []
+    _current_origin.append(origin)
+    _recorders.append(made)
+    try:
+        yield made
+    finally:
+        _recorders.remove(made)
+        _current_origin.pop()
 
 
 def register(kind: str, name: str | None = None, **options: Any) -> Callable[[Callable], Callable]:
@@ -400,6 +417,34 @@ def _simple(ann: Any) -> bool:
     return False
 
 
+def type_name(annotation: Any) -> str:
+    """An annotation as a reader writes it: ``int``, ``list[str] | None``, ``Literal['auto', 'binary']``."""
+    if annotation is _MISSING:
+        return "any"
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def field_docs(entry: Entry) -> dict[str, str]:
+    """Per-field docs from the factory's docstring: lines ``field: what it is`` (an ``Args:`` section)."""
+    doc = inspect.getdoc(entry.factory.__init__ if inspect.isclass(entry.factory) else entry.factory) or ""
+    out: dict[str, str] = {}
+    last = None
+    for line in doc.splitlines():
+        key, sep, text = line.strip().partition(":")
+        key = key.split(" (", 1)[0].strip()
+        if sep and key in entry.params and text.strip() and key not in out:
+            out[key], last = text.strip(), key
+        elif last is not None and line.startswith((" ", "\t")) and line.strip():  # a field's continuation
+            out[last] += " " + line.strip()
+        else:
+            last = None
+    return out
+
+
 def describe(kind: str | None = None) -> list[tuple[str, str, str, str]]:
     """Rows of ``(kind, name, doc, origin)`` for ``retort plugins``; the doc ends with the name's aliases."""
     kinds = [kind] if kind else list(KINDS)
@@ -412,6 +457,6 @@ def describe(kind: str | None = None) -> list[tuple[str, str, str, str]]:
 
 __all__ = [
     "ARITY", "ENTRY_POINT_GROUP", "KINDS", "Entry", "Param", "PluginError", "add", "alias", "available",
-    "build", "closest", "describe", "did_you_mean", "entries", "get", "loose", "register", "resolve",
-    "split_spec",
+    "build", "closest", "describe", "did_you_mean", "entries", "field_docs", "get", "loose", "recording",
+    "register", "resolve", "split_spec", "type_name",
 ]

@@ -122,8 +122,16 @@ def load(path_or_name: str | Path, overrides: list[str] | None = None) -> Recipe
         raise RecipeError("the recipe file is empty; write {} to train every default", source=str(path))
     if not isinstance(raw, dict):
         raise RecipeError(f"a recipe is a mapping of sections, got {type(raw).__name__}", source=str(path))
-    apply_overrides(raw, list(overrides or []))
-    return resolve(raw, source=str(path), default_name=path.stem)
+    overrides = list(overrides or [])
+    apply_overrides(raw, overrides)
+    recipe = resolve(raw, source=str(path), default_name=path.stem,
+                     base=str(Path.cwd()) if path.parent == SHIPPED else None)
+    touched = [".".join(parse_override(text)[0]) for text in overrides]
+    for key in recipe.paths:  # a path typed on the command line is the shell's
+        if any(key == t or key.startswith(f"{t}.") for t in touched):
+            given = recipe.flat()[key]
+            recipe.paths[key] = str((Path.cwd() / Path(given).expanduser()).resolve())
+    return recipe
 
 
 def run(recipe: Recipe, **kwargs: Any) -> RunResult:

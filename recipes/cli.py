@@ -31,7 +31,8 @@ EXAMPLES = {
   retort recipes""",
     "plugins": """examples:
   retort plugins              # every kind
-  retort plugins optimizer    # Flux rules and torch.optim classes, with their origin""",
+  retort plugins optimizer    # Flux rules and torch.optim classes, with their origin
+  retort plugins data csv     # one plugin's fields: type, default and what each means""",
 }
 
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("plugins", "list registered plugins with their one-line doc and origin")
     p.add_argument("kind", nargs="?", metavar="KIND",
                    help="loss, optimizer, scheduler, callback, model, data or metric (default: all)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one plugin: its fields with types, defaults and docs")
     for name, module in _command_modules().items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common],
                            epilog=module.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +180,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.kind is not None and args.kind not in plugins.KINDS:
         raise RecipeError(f"unknown plugin kind {args.kind!r}{plugins.did_you_mean(args.kind, plugins.KINDS)}; "
                           f"valid kinds: {', '.join(plugins.KINDS)}", field="KIND")
+    if args.name is not None:
+        return _plugin_fields(args.kind, args.name)
     rows = plugins.describe(args.kind)
     kinds = [args.kind] if args.kind else list(plugins.KINDS)
     for kind in kinds:
@@ -186,6 +190,42 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         width = max((len(r[1]) for r in mine), default=0)
         for _, name, doc, origin in mine:
             print(f"  {name:<{width}}  {doc}  [{origin}]")
+    return 0
+
+
+def _plugin_fields(kind: str, name: str) -> int:
+    """``retort plugins KIND NAME``: the doc, then each field as a recipe would write it."""
+    import inspect
+
+    from retort import plugins
+    from retort.recipes.schema import shared_fields
+    from retort.recipes.yamlio import dumps
+
+    try:
+        entry = plugins.get(kind, name)
+    except plugins.PluginError as exc:
+        raise RecipeError(str(exc), field="NAME") from None
+    doc = (inspect.getdoc(entry.factory) or entry.doc).split("\n\n", 1)[0]
+    print(f"{kind} {entry.name}  [{entry.origin}]")
+    print(f"  {doc}")
+    docs = plugins.field_docs(entry)
+    aliases = {canon: alias for alias, canon in entry.aliases.items()}
+
+    def value(default: object) -> str:
+        if default is inspect.Parameter.empty:
+            return "(required)"
+        return dumps(default).strip().removesuffix("...").strip()
+
+    rows = [(p.name + (f" (alias {aliases[p.name]})" if p.name in aliases else ""), plugins.type_name(p.annotation),
+             value(p.default), docs.get(p.name, "")) for p in entry.params.values()]
+    shared = [(f, t, value(d), doc) for f, t, d, doc in shared_fields(kind)]
+    for title, table in (("fields", rows), (f"fields every {kind} shares", shared)):
+        if not table:
+            continue
+        print(f"{title}:")
+        widths = [max(len(r[i]) for r in table) for i in range(3)]
+        for row in table:
+            print(("  " + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + f"  {row[3]}").rstrip())
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,13 @@ The recipe comes from the run's recipe.yaml artifact (no file needed); the new r
 same experiment with tag retort.rerun_of. It says which of code, environment, hardware and data differ
 from the record. Exit 0 when every final metric matches (exactly on CPU; within a relative 1e-3 when either
 run used a GPU, whose kernels and reductions differ between GPU models, drivers and CUDA/cuDNN versions), 1
-when not (each differing metric is printed), 2 for an unknown run."""
+when not (each differing metric is printed), 2 for an unknown run, data that changed since the run (unless
+--allow-data-change), or a recipe whose own code (imports) is missing here (unless --run-recorded-code).
+Data files are read at the absolute paths the run recorded, so it works from any folder.
+
+A recipe's own code runs from your local files (a warning says when they differ from the record);
+--run-recorded-code runs the copies kept in the record instead: code written by whoever made the run."""
+
 
 #: metrics a re-run must reproduce: the final values of training, validation and test
 COMPARED_PREFIXES = (Metric.TRAIN_LOSS_EPOCH, "val/", "test/")
@@ -39,18 +46,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=None, metavar="REL",
                         help=f"relative tolerance of the comparison (default: 0 on CPU, {GPU_TOLERANCE:g} when "
                              "either run used a GPU)")
+    parser.add_argument("--run-recorded-code", action="store_true",
+                        help="run the Python files the record holds (the recipe's imports, as the run's author "
+                             "wrote them) instead of your local copies")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="re-run even when the data's digest differs from the record's")
 
 
-def recorded_recipe(client: Any, run_id: str, tmp: Path) -> Any:
-    """The run's resolved recipe, from its ``recipe.yaml`` artifact; an unknown run is bad input."""
+def recorded_recipe(client: Any, run_id: str, tmp: Path, *, recorded_code: bool = False,
+                    warnings: list[str] | None = None) -> Any:
+    """The run's resolved recipe, from its ``recipe.yaml`` artifact, its relative paths resolved as the run
+    resolved them; an unknown run is bad input. The recipe's own code runs from the local files, or from the
+    record's copies with ``recorded_code``; ``warnings`` collects what differs."""
     from mlflow.exceptions import MlflowException
 
-    from retort.recipes import RecipeError
+    from retort.recipes import RecipeError, imports
     from retort.recipes.schema import resolve
     from retort.recipes.yamlio import load_file
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bad input is one line
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
         raise RecipeError(f"no run {run_id!r} in the store {client.tracking_uri}", field="RUN_ID") from None
     try:
@@ -58,8 +74,71 @@ def recorded_recipe(client: Any, run_id: str, tmp: Path) -> Any:
     except (MlflowException, OSError):
         raise RecipeError(f"run {run_id} has no recipe.yaml artifact: it was not recorded by retort",
                           field="RUN_ID") from None
-    recipe = resolve(load_file(path), source=f"run:{run_id}")
+    raw = load_file(path)
+    tags = run.data.tags
+    base = tags.get(Tag.RECIPE_DIR) or None
+    copies = _code(client, run_id, tmp, recorded_code, warnings if warnings is not None else []) \
+        if isinstance(raw, dict) and raw.get("imports") else {}
+    with imports.substitute(copies):
+        recipe = resolve(raw, source=f"run:{run_id}", base=base)
+    for key in recipe.paths:
+        recipe.paths[key] = tags.get(f"{Tag.PATH}.{key}", recipe.paths[key])
     return recipe
+
+
+def _code(client: Any, run_id: str, tmp: Path, recorded_code: bool, warnings: list[str]) -> dict[str, Path]:
+    """Which recorded copies to run in place of local files: all with ``recorded_code``; else none, and a
+    missing local file is bad input (the record's code never runs unasked)."""
+    import hashlib
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from retort.recipes import RecipeError
+
+    try:
+        manifest = json.loads(Path(client.download_artifacts(run_id, "code/imports.json", str(tmp))).read_text())
+    except (MlflowException, OSError):
+        warnings.append("the record holds no copy of the recipe's imports; running the local ones")
+        return {}
+    copies = {}
+    for i, entry in enumerate(manifest):
+        if entry["kind"] != "file":
+            continue
+        local = Path(entry["path"])
+        if recorded_code:
+            copies[entry["path"]] = Path(client.download_artifacts(run_id, entry["artifact"], str(tmp)))
+            warnings.append(f"running the recorded {entry['given']} (sha256 {entry['sha256'][:12]}) from run "
+                            f"{run_id}")
+        elif not local.is_file():
+            raise RecipeError(f"{local} is missing here; the record holds the copy the run ran (sha256 "
+                              f"{entry['sha256'][:12]}): pass --run-recorded-code to run the recorded code",
+                              field=f"imports.{i}")
+        else:
+            now = hashlib.sha256(local.read_bytes()).hexdigest()
+            if now != entry["sha256"]:
+                warnings.append(f"{local} differs from the record (sha256 {now[:12]} here, {entry['sha256'][:12]} "
+                                "recorded); running the local file (--run-recorded-code runs the recorded one)")
+    return copies
+
+
+def data_check(run: Any, allow_change: bool, warnings: list[str]) -> Any:
+    """A check for :func:`recipes.runner.run`: the data's digest against the record's, before recording."""
+    recorded = [d.dataset for d in (run.inputs.dataset_inputs if run.inputs else [])]
+
+    def check(built: Any) -> None:
+        from retort.recipes import RecipeError
+
+        if not recorded or recorded[0].digest == built.splits.digest:
+            return
+        message = (f"the data changed since the run: digest {built.splits.digest} here, {recorded[0].digest} "
+                   f"recorded ({recorded[0].source})")
+        if not allow_change:
+            raise RecipeError(f"{message}; pass --allow-data-change to re-run on the data as it is now",
+                              field="data")
+        warnings.append(message)
+
+    return check
 
 
 def drift(client: Any, run: Any, tmp: Path) -> list[str]:
@@ -142,16 +221,27 @@ def main(args: argparse.Namespace) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     client = open_store(uri)  # a folder without a store gets no empty mlflow.db
+    warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="retort-rerun-") as tmp:
-        recipe = recorded_recipe(client, args.run_id, Path(tmp))
+        recipe = recorded_recipe(client, args.run_id, Path(tmp), recorded_code=args.run_recorded_code,
+                                 warnings=warnings)
         run = client.get_run(args.run_id)
         found = code_and_environment(client, run, Path(tmp))
-        for _, warning in found:
-            print(f"warning: {warning}", file=sys.stderr)
+    for warning in warnings + [message for _, message in found]:
+        print(f"warning: {warning}", file=sys.stderr)
     from retort.plugins.errors import RunFailed
 
+    data_warnings: list[str] = []
+    check = data_check(run, args.allow_data_change, data_warnings)
+
+    def checked(built: Any) -> None:
+        check(built)
+        for warning in data_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+
     try:
-        result = recipes.run(recipe, tracking_uri=uri, quiet=args.quiet, tags={Tag.RERUN_OF: args.run_id})
+        result = recipes.run(recipe, tracking_uri=uri, quiet=args.quiet, tags={Tag.RERUN_OF: args.run_id},
+                             check=checked)
     except RunFailed as exc:
         print(f"error: the re-run failed: {exc}", file=sys.stderr)
         return 1

@@ -10,14 +10,14 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from retort import plugins
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure, out_of_memory
-from retort.recipes.schema import Recipe, plugin_spec
+from retort.recipes.schema import Recipe
 from retort.tracking.vocabulary import Metric, Tag
 
 
@@ -51,7 +51,7 @@ def build(recipe: Recipe, world_size: int = 1) -> Built:
     from retort.plugins.data import as_datasets, is_datasets, prepare, split_datasets
     from retort.recipes.module import RecipeData, RecipeModule, build_plugin, check_batch
 
-    table = build_plugin("data", plugin_spec("data", recipe.data), "data")
+    table = build_plugin("data", recipe.spec("data"), "data")
     d = recipe.data
     datasets = is_datasets(table)
     try:
@@ -123,13 +123,14 @@ def _rank() -> int:
 
 def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
         callbacks: Sequence[Any] = (), tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-        resume: str | None = None) -> RunResult:
+        resume: str | None = None, check: Callable[[Built], None] | None = None) -> RunResult:
     """Train, test and record ``recipe`` as one MLflow run.
 
     ``callbacks`` are extra Lightning callbacks (a sweep's pruning callback reads
     ``pl_module.epoch_summary()`` in ``on_train_epoch_end``); ``tags`` are added to the run's tags;
     ``parent_run_id`` makes the run a child of that run (tag ``mlflow.parentRunId``); ``resume`` continues
-    the interrupted run with that id from its last checkpoint, into the same MLflow run.
+    the interrupted run with that id from its last checkpoint, into the same MLflow run; ``check`` sees what
+    was built before anything is recorded, and may refuse it with :class:`RecipeError` (a rerun's data check).
 
     Raises :class:`RecipeError` for bad input (nothing recorded), :class:`RunFailed` when training fails
     (run FAILED), :class:`Interrupted` on SIGINT/SIGTERM (run KILLED, with a checkpoint to resume from).
@@ -154,6 +155,8 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
             raise RunFailed(f"{failure(exc)} (building the model and data, before anything was recorded)",
                             None) from exc
         raise
+    if check is not None:
+        check(built)
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
     with tempfile.TemporaryDirectory(prefix="retort-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -229,6 +232,30 @@ def _record_context(record: Any, recipe: Recipe, built: Built, tmp: Path) -> Non
     for prefix, state in code_states(recipe.source).items():
         if state.dirty:
             record.log_text(mask(state.diff), "git.diff" if prefix == "git" else f"{prefix}.diff")
+    record.set_tags({Tag.RECIPE_DIR: recipe.base or "",
+                     **{f"{Tag.PATH}.{key}": value for key, value in recipe.paths.items()}})
+    if recipe.code:
+        _record_code(record, recipe.code)
+
+
+def _record_code(record: Any, code: list[Any]) -> None:
+    """Each imported local file's text under ``code/``, and ``code/imports.json``: every entry of ``imports``
+    with what ran (file, sha256) and what it registered, so a rerun can rebuild it from the record."""
+    import json
+
+    manifest, names = [], set()
+    for c in code:
+        entry = {"given": c.given, "kind": c.kind, "path": c.path, "sha256": c.sha256,
+                 "registered": [list(r) for r in c.registered]}
+        if c.kind == "file":
+            name = Path(c.path).name
+            while name in names:
+                name = f"{c.sha256[:8]}_{name}"
+            names.add(name)
+            record.log_text(c.text, f"code/{name}")
+            entry["artifact"] = f"code/{name}"
+        manifest.append(entry)
+    record.log_text(json.dumps(manifest, indent=1), "code/imports.json")
 
 
 def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:
@@ -236,7 +263,7 @@ def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:
     from retort.recipes.schema import resolve
     from retort.recipes.yamlio import load_file
 
-    recorded = resolve(load_file(recorded_yaml))
+    recorded = resolve(load_file(recorded_yaml), base=recipe.base)
     diff = sorted(k for k, v in recipe.flat().items() if recorded.flat().get(k, v) != v)
     if diff:
         raise RecipeError(f"the recipe differs from run {run_id}'s in {', '.join(diff)}; resume it with the "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -187,8 +188,8 @@ class SweepOptions(_Options):
 
 
 #: top-level fields in the order a resolved recipe lists them
-SECTIONS = ("name", "description", "seed", "data", "model", "loss", "optimizer", "scheduler", "callbacks",
-            "metrics", "trainer", "tracking", "sweep")
+SECTIONS = ("name", "description", "imports", "seed", "data", "model", "loss", "optimizer", "scheduler",
+            "callbacks", "metrics", "trainer", "tracking", "sweep")
 _DEFAULTS: dict[str, Any] = {
     "data": {"name": "digits"},
     "model": {"name": "mlp"},
@@ -218,10 +219,26 @@ class Recipe:
     trainer: dict[str, Any]
     tracking: dict[str, Any]
     sweep: dict[str, Any] | None
+    imports: list[str] = field(default_factory=list)
     source: str | None = field(default=None, compare=False)
+    #: the folder relative paths (data files, imports) resolve against: the recipe file's, else the working one
+    base: str | None = field(default=None, compare=False)
+    #: every path field by dotted path (``data.path``) -> the absolute path it names, recorded as tags
+    paths: dict[str, str] = field(default_factory=dict, compare=False)
+    #: what ``imports`` loaded (:class:`recipes.imports.Code`), recorded as artifacts
+    code: list[Any] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(getattr(self, k)) for k in SECTIONS}
+        """The resolved recipe; ``imports`` only when it names something (shipped recipes stay import-free)."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in SECTIONS if k != "imports" or self.imports}
+
+    def spec(self, section: str) -> dict[str, Any]:
+        """A plugin section as its factory takes it: shared options left out, path fields absolute."""
+        kind = "data" if section == "data" else "model"
+        out = plugin_spec(kind, getattr(self, section))
+        for key in out:
+            out[key] = self.paths.get(f"{section}.{key}", out[key])
+        return out
 
     def to_yaml(self) -> str:
         from retort.recipes.yamlio import dumps
@@ -261,8 +278,12 @@ def metric_key(spec: Mapping[str, Any]) -> str:
 
 # --- resolution -------------------------------------------------------------------------------
 
-def resolve(raw: Any, *, source: str | None = None, default_name: str = "recipe") -> Recipe:
-    """Validate raw recipe data (from YAML, after overrides) into a :class:`Recipe`."""
+def resolve(raw: Any, *, source: str | None = None, default_name: str = "recipe", base: str | None = None) -> Recipe:
+    """Validate raw recipe data (from YAML, after overrides) into a :class:`Recipe`.
+
+    Relative paths (``imports``, data files) resolve against ``base``: by default the folder of the recipe
+    file ``source`` names, else the working folder. ``imports`` run first: their plugins are validated.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -272,9 +293,16 @@ def resolve(raw: Any, *, source: str | None = None, default_name: str = "recipe"
             raise RecipeError(
                 f"unknown field{plugins.did_you_mean(str(key), SECTIONS)}; valid fields: {', '.join(SECTIONS)}",
                 field=str(key), source=source)
+    if base is None:
+        base = str(Path(source).resolve().parent) if source and Path(source).is_file() else str(Path.cwd())
     try:
+        from retort.recipes import imports
+
+        code = imports.load(raw.get("imports"), Path(base))
         recipe = _resolve(raw, default_name)
-        recipe.source = source
+        recipe.source, recipe.base, recipe.code = source, base, code
+        imports.check_used(code, _used(recipe))
+        recipe.paths = _paths(recipe, Path(base))
         return recipe
     except RecipeError as exc:
         exc.source = exc.source or source
@@ -299,7 +327,8 @@ def _resolve(raw: Mapping[str, Any], default_name: str) -> Recipe:
 
     sections["model"]["head"] = _head(sections["model"]["head"], sections["loss"])
     recipe = Recipe(name=name, description=description, seed=seed, scheduler=scheduler, callbacks=callbacks,
-                    metrics=metrics, trainer=trainer, tracking=tracking, sweep=sweep, **sections)
+                    metrics=metrics, trainer=trainer, tracking=tracking, sweep=sweep,
+                    imports=list(raw.get("imports") or []), **sections)
     _check_consistency(recipe)
     _check_lengths(recipe)
     return recipe
@@ -321,6 +350,30 @@ def _check_lengths(r: Recipe) -> None:
     name = r.tracking["run_name"]
     if name is not None and len(name) > 250:
         raise RecipeError(f"{len(name):,} characters; a run name is at most 250", field="tracking.run_name")
+
+
+def _plugin_sections(r: Recipe) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(kind, dotted path, section)`` of every plugin the recipe builds."""
+    out = [(k, k, getattr(r, k)) for k in ("data", "model", "loss", "optimizer")]
+    if r.scheduler is not None:
+        out.append(("scheduler", "scheduler", r.scheduler))
+    out += [("callback", f"callbacks.{i}", c) for i, c in enumerate(r.callbacks)]
+    return out + [("metric", f"metrics.{i}", m) for i, m in enumerate(r.metrics)]
+
+
+def _used(r: Recipe) -> set[tuple[str, str]]:
+    return {(kind, section["name"]) for kind, _, section in _plugin_sections(r)}
+
+
+def _paths(r: Recipe, base: Path) -> dict[str, str]:
+    """Path fields (a plugin's ``paths`` meta, e.g. a CSV's ``path``) made absolute against ``base``."""
+    out = {}
+    for kind, where, section in _plugin_sections(r):
+        for key in plugins.get(kind, section["name"]).meta.get("paths", ()):
+            value = section.get(key)
+            if isinstance(value, str) and value:
+                out[f"{where}.{key}"] = str((base / Path(value).expanduser()).resolve())
+    return out
 
 
 def _scalar(raw: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
@@ -391,6 +444,15 @@ def _plugin_section(kind: str, spec: Any, path: str) -> dict[str, Any]:
         opts = _options(options_cls, {k: v for k, v in spec.items() if k in shared}, path)
         return {**resolved, **opts}
     return resolved
+
+
+def shared_fields(kind: str) -> list[tuple[str, str, Any, str]]:
+    """``(field, type, default, doc)`` of the options every plugin of ``kind`` shares (the loop's own)."""
+    cls = _OPTIONS.get(kind)
+    if cls is None:
+        return []
+    return [(name, plugins.type_name(f.annotation), f.default, f.description or "")
+            for name, f in cls.model_fields.items()]
 
 
 def plugin_spec(kind: str, section: Mapping[str, Any]) -> dict[str, Any]:

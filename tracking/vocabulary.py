@@ -26,6 +26,9 @@ class Tag:
     FAILURE = "retort.failure"              # why a run ended FAILED or KILLED
     RESUMED = "retort.resumed"              # "true" once a run was continued with --resume
     RERUN_OF = "retort.rerun_of"            # the run a `retort rerun` repeated
+    RECIPE_DIR = "retort.recipe_dir"        # the folder relative paths resolved against
+    PATH = "retort.path"                    # prefix: retort.path.data.path, the absolute path a field named
+
     # runs on GPUs
     CUDA_VERSION = "cuda.version"
     CUDNN_VERSION = "cudnn.version"

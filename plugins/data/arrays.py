@@ -101,7 +101,7 @@ class _RowNames:
         return f"row {i}"
 
 
-@register("data", "npy")
+@register("data", "npy", paths=("path",))
 def npy_files(*, path: str, x: str = "x.npy", y: str = "y.npy", task: TaskName = "auto") -> DataSets:
     """A folder with x.npy (rows first) and y.npy: rows read from disk on demand, for data larger than memory."""
     folder = os.path.abspath(os.path.expanduser(path))

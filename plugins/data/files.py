@@ -85,7 +85,7 @@ def _check_finite(x: np.ndarray, where: str, field: str, rows: list[str], column
                           "features must be finite numbers", field=field)
 
 
-@register("data", "csv")
+@register("data", "csv", paths=("path",))
 def csv_file(
     *,
     path: str,
@@ -94,7 +94,15 @@ def csv_file(
     task: TaskName = "auto",
     delimiter: str = ",",
 ) -> Table:
-    """A CSV file with a header row: target column, features (default: every other column), task auto."""
+    """A CSV file with a header row: target column, features (default: every other column), task auto.
+
+    path: the CSV file, relative to the recipe file's folder
+    target: the column to predict
+    features: the input columns (default: every column but the target)
+    task: auto (integer labels with at most 20 values or text: classification; else regression), multiclass,
+        binary or regression
+    delimiter: the field separator, one character
+    """
     full = _existing(path)
     if len(delimiter) != 1:
         raise PluginError(f"delimiter must be one character, got {delimiter!r}", field="delimiter")
@@ -172,9 +180,15 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-@register("data", "npz")
+@register("data", "npz", paths=("path",))
 def npz_file(*, path: str, x: str = "x", y: str = "y", task: TaskName = "auto") -> Table:
-    """A NumPy .npz archive: features under key x (N, F) or images (N, H, W)/(N, C, H, W), targets under y."""
+    """A NumPy .npz archive: features under key x (N, F) or images (N, H, W)/(N, C, H, W), targets under y.
+
+    path: the .npz file (np.savez), relative to the recipe file's folder
+    x: the key of the inputs
+    y: the key of the targets (class labels or regression values)
+    task: auto, multiclass, binary or regression, as for csv
+    """
     full = _existing(path)
     if not zipfile.is_zipfile(full):  # np.load would try a .npy or a pickle and fail less clearly
         raise PluginError(f"{full} is not an .npz archive (not a zip file); write one with np.savez",
