@@ -122,7 +122,7 @@ def test_an_import_that_registers_nothing_the_recipe_uses_is_refused(workdir: Pa
 def test_plugins_kind_name_prints_fields_with_types_defaults_and_docs(capsys):
     assert main(["plugins", "data", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "data csv  [retort.plugins.data]"
+    assert out[0] == "data csv  [retort.plugins.data.files]"
     assert out[2] == "fields:"
     assert out[3].split(None, 3) == ["path", "str", "(required)", "the CSV file, relative to the recipe file's folder"]
     assert out[5].split(None, 5)[:5] == ["features", "list[str]", "|", "None", "null"]
