@@ -134,6 +134,14 @@ def test_flux_rule_names_are_aliases_listed_by_retort_plugins():
     assert plugins.get("optimizer", "sign_decay").name == "signdecay"
 
 
+def test_param_groups_reach_every_rule():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    groups = [{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.5}]  # generators
+    opt = plugins.build("optimizer", {"chain": ["clip_norm", {"name": "descent", "eta": 0.1}]}, groups)
+    assert [len(r.param_groups[1]["params"]) for r in opt.rules] == [2, 2]
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+
+
 def test_resolve_fills_every_rules_defaults_and_names_bad_fields():
     got = plugins.resolve("optimizer", {"chain": [{"name": "ClipNorm", "ω": 1.0}, "Adam"]})
     assert got == {"name": "chain", "chain": [

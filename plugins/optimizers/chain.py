@@ -124,7 +124,8 @@ class Chain(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Params, rules: list[tuple[type[FluxRule], dict[str, Any]]]) -> None:
-        params = list(params)
+        # each rule gets its own copy of the groups; a group's params may be a generator, read once here
+        params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
 
         def groups() -> list[Any]:
             return [dict(g) if isinstance(g, dict) else g for g in params]
