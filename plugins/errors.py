@@ -44,11 +44,17 @@ class RunFailed(RuntimeError):
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived during a run (Lightning re-raises BaseExceptions untouched)."""
+    """SIGINT or SIGTERM arrived during a run (Lightning re-raises BaseExceptions untouched).
+
+    The runner fills in the run it ended (``run_id`` in the store ``uri``) and whether it saved a checkpoint
+    to resume from, for the command line's last words."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self.resumable = False
 
 
 def out_of_memory(exc: BaseException) -> bool:

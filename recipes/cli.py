@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed
+from retort.recipes import display
 
 EXAMPLES = {
     "run": """examples:
@@ -114,10 +117,12 @@ def _version() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from retort import recipes
-
     if args.recipe is None and not args.resume:
         raise RecipeError("give a RECIPE (a file or a shipped name; see 'retort recipes')", field="RECIPE")
+    if not args.quiet:  # before the imports: PyTorch, Lightning and MLflow take seconds
+        display.status(f"retort run {args.recipe or args.resume}: loading PyTorch, Lightning and MLflow")
+    from retort import recipes
+
     if args.recipe is None:
         recipe = _recorded_recipe(args)
     else:
@@ -127,16 +132,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet, resume=args.resume)
     except RunFailed as exc:
+        display.clear_status()
         print(f"error: run failed: {exc}", file=sys.stderr)
         if exc.run_id:
             print(f"run_id: {exc.run_id} (FAILED)", file=sys.stderr)
         return 1
     if result.rank:
         return 0
+    print_final(result)
+    return 0
+
+
+def print_final(result: Any) -> None:
+    """A run's last lines: the last epoch's values, which weights were tested, the test values, the run id."""
+    tested = False
     for key, value in result.metrics.items():
+        if key.startswith("test/") and not tested:
+            print(f"tested: {result.tested}")
+            tested = True
         print(f"{key}: {value:.6g}")
     print(f"run_id: {result.run_id}")
-    return 0
 
 
 def _recorded_recipe(args: argparse.Namespace):
@@ -240,15 +255,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return handler(args)
+        try:
+            return handler(args)
+        finally:
+            display.clear_status()  # a status line left on a terminal: the last words start on a clean line
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
     except Interrupted as exc:
-        print(f"\ninterrupted ({exc}); the run is recorded as KILLED", file=sys.stderr)
+        print(f"\n{interrupted(args, exc)}", file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # before a run had started: nothing is recorded
+        print("\ninterrupted (SIGINT) before anything was recorded", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def interrupted(args: argparse.Namespace, exc: Interrupted) -> str:
+    """What was left behind and the exact command that continues it."""
+    import shlex
+
+    from retort.tracking.store import DEFAULT_URI
+
+    if args.command == "sweep":
+        from retort.tracking.context import command_line
+
+        return (f"interrupted ({exc}); the sweep's parent run is recorded as KILLED and interrupted trials run "
+                f"again when it resumes; resume it with the same command:\n  {command_line()}")
+    if exc.run_id is None:
+        return f"interrupted ({exc}) before the run was recorded"
+    if not exc.resumable:
+        return (f"interrupted ({exc}); run {exc.run_id} is recorded as KILLED, with no checkpoint to resume from "
+                f"(it stopped at once)")
+    store = f" --tracking-uri {shlex.quote(exc.uri)}" if exc.uri and exc.uri != DEFAULT_URI else ""
+    return (f"interrupted ({exc}); run {exc.run_id} is recorded as KILLED, with a checkpoint; resume it with:\n"
+            f"  retort run --resume {exc.run_id}{store}")
 
 
 def leave(code: int) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,36 +61,47 @@ class Recorder(pl.Callback):
 
 
 class EpochLine(pl.Callback):
-    """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412``, plus a live batch counter
-    on a terminal when an epoch takes more than a few seconds."""
+    """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412`` on stdout per epoch; on a
+    terminal, a live bar during the epoch (:class:`recipes.display.EpochBar`) on stderr."""
 
     def __init__(self, max_epochs: int):
+        from retort.recipes.display import EpochBar, live
+
         self.max_epochs = max_epochs
-        self.live = sys.stderr.isatty()
-        self._start = self._shown = 0.0
+        self.bar = EpochBar(max_epochs) if live() else None
+        self._samples = self._counted = 0
+        self._sum = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, m: Any) -> None:
-        self._start = self._shown = time.monotonic()
+        if self.bar is not None and not trainer.global_rank:
+            self._samples = self._counted = 0
+            self._sum = 0.0
+            self.bar.start(trainer.current_epoch + 1, int(trainer.num_training_batches))
 
     def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, i: int) -> None:
-        if not self.live:
+        if self.bar is None or trainer.global_rank:
             return
-        now = time.monotonic()
-        if now - self._start > 2 and now - self._shown > 0.5:
-            self._shown = now
-            sys.stderr.write(f"\repoch {trainer.current_epoch + 1}/{self.max_epochs}  batch {i + 1}/"
-                             f"{trainer.num_training_batches}  loss {float(m.step_losses[-1]):.4f}\x1b[K")
-            sys.stderr.flush()
+        self._samples += len(batch[0])
+        if self.bar.due():
+            losses = m.step_losses
+            if len(losses) > self._counted:
+                self._sum += float(torch.stack(losses[self._counted:]).sum())
+                self._counted = len(losses)
+            self.bar.draw(i + 1, self._samples, self._sum / self._counted if self._counted else math.nan)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
         if trainer.global_rank:
             return
-        if self.live and time.monotonic() - self._start > 2:
-            sys.stderr.write("\r\x1b[K")
+        if self.bar is not None:
+            self.bar.stop()
         words = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}"]
         for key, value in m.epoch_summary().items():
             words.append(f"{key.replace('/', ' ').replace('loss_epoch', 'loss')} {value:.4f}")
         print("  ".join(words), flush=True)
+
+    def on_exception(self, trainer: pl.Trainer, m: Any, exc: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 class BestWeights(pl.Callback):

@@ -216,6 +216,10 @@ def compare(recorded: dict[str, float], now: dict[str, float], tolerance: float 
 
 
 def main(args: argparse.Namespace) -> int:
+    from retort.recipes import display
+
+    if not args.quiet:  # before the imports: MLflow, PyTorch and Lightning take seconds
+        display.status(f"retort rerun {args.run_id}: loading MLflow, PyTorch and Lightning")
     from retort import recipes
     from retort.tracking.store import open_store, resolve_uri
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -30,6 +31,7 @@ class RunResult:
     epochs: int = 0
     fit_seconds: float = 0.0
     rank: int = 0  # the process's global rank under DDP; only rank zero records and reports
+    tested: str = ""  # whose weights the test metrics are of: "epoch 31 of 40 (lowest val/loss)"
 
 
 @dataclass
@@ -138,10 +140,13 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     import pytorch_lightning as pl
     import torch
 
+    from retort.recipes import display
     from retort.tracking import RunRecord, resolve_uri
     from retort.tracking.context import run_tags
 
     _quiet_lightning()
+    if not quiet:
+        display.status(f"{recipe.name}: loading the data, building the model")
     if recipe.trainer["threads"]:
         torch.set_num_threads(recipe.trainer["threads"])
     # TF32 only by choice (set every run: a sweep worker runs many recipes in one process)
@@ -173,12 +178,20 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
                 _record_context(record, recipe, built, tmp)
         elif resume:
             checkpoint = _download_checkpoint(uri, resume, tmp)
-        return _run_recorded(built, record, tmp, quiet, list(callbacks), checkpoint)
+        if record is not None and not quiet:
+            display.clear_status()
+            experiment = recipe.tracking["experiment"] or recipe.name
+            print(f"{'resuming' if resume else 'recording'} run {record.run_id} in experiment {experiment!r} "
+                  f"({uri})", file=sys.stderr, flush=True)
+        return _run_recorded(built, record, tmp, quiet, list(callbacks), checkpoint, uri)
 
 
 def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any],
-                  checkpoint: Path | None) -> RunResult:
-    """Fit and test, closing the record as FINISHED, FAILED or KILLED whatever happens."""
+                  checkpoint: Path | None, uri: str) -> RunResult:
+    """Fit and test, closing the record as FINISHED, FAILED or KILLED whatever happens.
+
+    An :class:`Interrupted` leaves with ``run_id``, ``uri`` and ``resumable`` (a checkpoint was saved) set,
+    for the command line to say how to resume."""
     from retort.recipes.hooks import SignalGuard
     from retort.tracking.plots import loss_curves
     from retort.tracking.system import SystemMonitor
@@ -199,11 +212,13 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
             loss_curves(record, tmp / "loss.svg")
             record.finish("FINISHED")
     except Interrupted as exc:
+        saved = fit.interruption is not None and fit.interruption.saved is not None
         if record is not None:
             monitor and monitor.stop()
-            if fit.interruption is not None and fit.interruption.saved is not None:
+            if saved:
                 record.log_artifact(fit.interruption.saved, "checkpoints")
             record.finish("KILLED", f"interrupted by {exc}")
+        exc.run_id, exc.uri, exc.resumable = run_id, uri, saved
         raise
     except Exception as exc:
         if record is not None:
@@ -337,17 +352,24 @@ class _Fit:
         metrics = module.epoch_summary()
         user_best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         best_path = user_best or (best.save(tmp / "best.ckpt") if best is not None else None)
-        if best is not None and best.state is not None and not user_best:
+        epochs = trainer.current_epoch
+        if user_best:
+            tested = f"the best checkpoint of {trainer.checkpoint_callback.monitor or 'the last epoch'}"
+        elif best is not None and best.state is not None:
             module.load_state_dict(best.state)  # test the best epoch's weights
+            tested = f"epoch {best.epoch} of {epochs} (lowest {best.monitor})"
+        else:
+            tested = f"epoch {epochs} of {epochs} (the last)"
         if built.splits.info.n_test > 0:
             trainer.test(module, datamodule=datamodule, ckpt_path=user_best or None, verbose=False)
             test_values = getattr(module, "test_values", {})
             metrics.update(test_values)
             if self.record is not None:
                 self.record.log(test_values, step=trainer.current_epoch)
+                self.record.set_tags({"retort.tested": tested})
         metrics = {k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")}
         return RunResult(run_id=None, metrics=metrics, best_checkpoint=str(best_path) if best_path else None,
-                         epochs=trainer.current_epoch, fit_seconds=fit_seconds, rank=trainer.global_rank)
+                         epochs=epochs, fit_seconds=fit_seconds, rank=trainer.global_rank, tested=tested)
 
 
 def _nan(v: float) -> bool:

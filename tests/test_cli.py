@@ -32,13 +32,16 @@ def store(folder: Path):
 def test_run_records_in_the_working_folder_by_default(tmp_path: Path):
     out = retort("run", "digits-mlp", *FAST, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout + out.stderr and "\r" not in out.stdout + out.stderr  # piped: plain lines
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("epoch 1/1  train loss ") and "  val loss " in lines[0] and "val accuracy" in lines[0]
-    assert lines[-1].startswith("run_id: ")
-    assert any(line.startswith("test/accuracy: ") for line in lines)
-    assert "Traceback" not in out.stderr and "INFO" not in out.stderr
+    assert lines[1].startswith("train/loss_epoch: ")
+    assert lines[2] == "tested: epoch 1 of 1 (lowest val/loss)"  # which weights the test values are of
+    assert [line.split(":")[0] for line in lines[3:]] == ["test/loss", "test/accuracy", "run_id"]
     run_id = lines[-1].split()[1]
+    assert out.stderr == f"recording run {run_id} in experiment 'digits' (sqlite:///mlflow.db)\n"
     run = store(tmp_path).get_run(run_id)
+    assert run.data.tags["retort.tested"] == "epoch 1 of 1 (lowest val/loss)"
     assert run.info.status == "FINISHED"
     assert run.data.tags["retort.command"].startswith("retort run digits-mlp -s trainer.max_epochs=1")
     assert store(tmp_path).get_experiment(run.info.experiment_id).name == "digits"

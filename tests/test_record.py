@@ -190,6 +190,7 @@ def test_rerun_in_another_folder_from_the_record_alone(tmp_path: Path):
     shutil.rmtree(first)
     again = retort("rerun", run_id, "-q", "--tracking-uri", store, cwd=second)
     assert again.returncode == 0, again.stderr
+    assert "Downloading artifacts" not in again.stderr and "\r" not in again.stderr  # no library progress bars
     assert again.stdout.strip().splitlines()[-1] == "reproduced: yes"
     new_id = again.stdout.strip().splitlines()[-2].split()[1]
     from mlflow import MlflowClient

@@ -12,10 +12,11 @@ from typing import Any
 
 from retort.plugins.errors import RecipeError
 
-# MLflow prints INFO lines (database migrations) from its import on, and "View run at" URLs on stdout
-# with a tracking server; retort's output is its own.
+# MLflow prints INFO lines (database migrations) from its import on, "View run at" URLs on stdout with a
+# tracking server, and progress bars for every artifact download; retort's output is its own.
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" in rerun, --resume
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
