@@ -26,7 +26,8 @@ EXAMPLES = {
   retort run digits-mlp                         # a shipped recipe, recorded in ./mlflow.db
   retort run my.yaml -s optimizer.lr=0.01 -s data.batch_size=32
   retort run digits-mlp -s trainer.max_epochs=3 -q --tracking-uri sqlite:///runs.db
-  retort run --resume 3f2a9c...                 # continue a run stopped by Ctrl-C/SIGTERM""",
+  retort run --resume 3f2a9c...                 # continue a run stopped by Ctrl-C/SIGTERM
+  retort run digits-mlp --seeds 5               # seeds 0..4: five runs under one parent run""",
     "show": """examples:
   retort show digits-mlp                        # every field, every default
   retort show digits-mlp -s optimizer=rmsprop > mine.yaml && retort run mine.yaml""",
@@ -94,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--resume", metavar="RUN_ID",
                            help="continue an interrupted run from its last checkpoint, into the same MLflow run")
+            p.add_argument("--seeds", type=int, metavar="N",
+                           help="run the recipe's seed and the N - 1 after it, as sibling runs under one parent run")
     add("recipes", "list the shipped recipes")
     p = add("plugins", "list registered plugins with their one-line doc and origin")
     p.add_argument("kind", nargs="?", metavar="KIND",
@@ -123,10 +126,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         display.status(f"retort run {args.recipe or args.resume}: loading PyTorch, Lightning and MLflow")
     from retort import recipes
 
+    if args.seeds is not None and args.resume:
+        raise RecipeError("resume one run at a time; drop --seeds", field="--seeds")
     if args.recipe is None:
         recipe = _recorded_recipe(args)
     else:
         recipe = recipes.load(args.recipe, args.overrides)
+    if args.seeds is not None:
+        return _run_seeds(recipe, args)
     from retort.recipes.runner import run
 
     try:
@@ -152,6 +159,19 @@ def print_final(result: Any) -> None:
             tested = True
         print(f"{key}: {value:.6g}")
     print(f"run_id: {result.run_id}")
+
+
+def _run_seeds(recipe: Any, args: argparse.Namespace) -> int:
+    from retort.recipes.seeds import run_seeds
+
+    result = run_seeds(recipe, args.seeds, tracking_uri=args.tracking_uri, quiet=args.quiet)
+    finished = [s for s in result.seeds if s in result.metrics]
+    print(f"seeds: {', '.join(map(str, result.seeds))} ({len(finished)} finished)")
+    for key, (mean, std) in result.summary().items():
+        print(f"{key}: {mean:.6g} ± {std:.2g}")
+    print(f"run_ids: {', '.join(str(result.run_ids.get(s)) for s in result.seeds)}")
+    print(f"parent_run_id: {result.parent_run_id}")
+    return 1 if result.failed else 0
 
 
 def _recorded_recipe(args: argparse.Namespace):

@@ -8,12 +8,11 @@ Lightning, and rich only once something live is drawn, so the CLI can call :func
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 REFRESH = 0.1  # seconds between redraws: a redraw costs about 1 ms, a digits-mlp step 0.5 ms
@@ -112,93 +111,80 @@ class EpochBar:
 
 # --- sweeps ---------------------------------------------------------------------------------------
 
-@dataclass
-class _Trial:
-    worker: int
-    number: int
-    epoch: int = 0
-    value: float | None = None
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 class SweepBoard:
     """A sweep's live table: the running trials (worker, trial, epoch, current value), how many finished,
-    and the best value so far with its trial.
+    and the best value so far with its trial; above it, one line per trial as it finishes.
 
-    The sweep feeds it events, from any thread, and the board redraws (on a terminal) at most every
-    :data:`REFRESH` seconds; :meth:`close` erases it before the sweep's final lines::
+    It reads the study itself (every worker's trials, whatever process runs them), so the sweep only starts
+    and stops it; ``describe(trial, finished)`` is the sweep's line for a finished trial::
 
         board = SweepBoard("digits-mlp", trials=20, metric="val/loss", direction="minimize")
-        board.started(worker=0, trial=3)
-        board.epoch(trial=3, epoch=2, value=0.41)
-        board.finished(trial=3, state="COMPLETE", value=0.38)   # or PRUNED, FAIL
-        board.close()
+        board.follow(lambda: study.get_trials(deepcopy=False), describe, worker_of)   # a thread, 1 s apart
+        ...                                                                           # the sweep runs
+        board.close()                                                                 # before the last lines
+
+    Trials are Optuna's (``number``, ``state.name``, ``value``, ``intermediate_values``); the epoch is the
+    last reported step. The trials finished when it starts are counted, not printed again.
     """
 
-    def __init__(self, study: str, trials: int, metric: str, direction: str, done: int = 0,
-                 best: tuple[int, float] | None = None):
+    def __init__(self, study: str, trials: int, metric: str, direction: str):
         import threading
 
         self.study, self.trials, self.metric, self.maximize = study, trials, metric, direction == "maximize"
-        self.done = done
-        self.best = best  # (trial, value)
-        self.states: dict[str, int] = {}
-        self.running: dict[int, _Trial] = {}
-        self._lock = threading.Lock()
+        self.done = 0
+        self.best: tuple[int, float] | None = None  # (trial, value)
+        self.running: dict[int, tuple[Any, int, float | None]] = {}  # trial -> (worker, epoch, value)
+        self._seen: set[int] | None = None  # finished trials already shown (None: not read yet)
         self._live: Any = None
-        self._drawn = 0.0
-        self.enabled = live()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._source: tuple[Any, Any, Any] = (list, None, None)
 
-    def started(self, worker: int, trial: int) -> None:
-        with self._lock:
-            self.running[trial] = _Trial(worker, trial)
-        self._redraw()
-
-    def epoch(self, trial: int, epoch: int, value: float | None) -> None:
-        with self._lock:
-            t = self.running.get(trial)
-            if t is not None:
-                t.epoch, t.value = epoch, value
-        self._redraw()
-
-    def finished(self, trial: int, state: str, value: float | None = None) -> None:
-        with self._lock:
-            self.running.pop(trial, None)
-            self.done += 1
-            self.states[state] = self.states.get(state, 0) + 1
-            if state == "COMPLETE" and value is not None and (
-                    self.best is None or (value > self.best[1] if self.maximize else value < self.best[1])):
-                self.best = (trial, value)
-        self._redraw(force=True)
-
-    def sync(self, running: Mapping[int, tuple[int, int, float | None]], done: int,
-             best: tuple[int, float] | None) -> None:
-        """Replace the state with one read from the study (trials run by other workers):
-        ``running`` maps trial number to (worker, epoch, value)."""
-        with self._lock:
-            self.running = {n: _Trial(w, n, e, v) for n, (w, e, v) in running.items()}
-            self.done, self.best = done, best
-        self._redraw()
+    def sync(self, trials: list[Any], describe: Any = None, worker_of: Any = None) -> list[str]:
+        """Read ``trials``; returns the lines of trials finished since the last read (in number order)."""
+        self.running, finished, new = {}, [], []
+        for t in trials:
+            state = t.state.name
+            if state == "RUNNING":
+                steps = t.intermediate_values
+                epoch = max(steps) if steps else 0
+                self.running[t.number] = (worker_of(t) if worker_of else "-", epoch, steps.get(epoch))
+            elif state in FINISHED:
+                finished.append(t)
+                if state == "COMPLETE" and t.value is not None and (
+                        self.best is None or (t.value > self.best[1] if self.maximize else t.value < self.best[1])):
+                    self.best = (t.number, t.value)
+        self.done = len(finished)
+        if self._seen is None:
+            self._seen = {t.number for t in finished}
+        for t in sorted(finished, key=lambda t: t.number):
+            if t.number not in self._seen:
+                self._seen.add(t.number)
+                new.append(describe(t, self.done) if describe else f"trial {t.number} {t.state.name.lower()}")
+        return new
 
     def lines(self) -> list[str]:
-        """The board as plain text lines (what the live table shows)."""
-        with self._lock:
-            rows = sorted(self.running.values(), key=lambda t: (t.worker, t.number))
-            out = [f"sweep {self.study}: {self.done} of {self.trials} trials finished, {len(rows)} running"
-                   + (f"; best {self.metric} {self.best[1]:.6g} (trial {self.best[0]})" if self.best else "")]
-            for t in rows:
-                value = f"{t.value:.6g}" if t.value is not None else "-"
-                out.append(f"  worker {t.worker}  trial {t.number}  epoch {t.epoch}  {self.metric} {value}")
+        """The table as plain text: a head line, then one line per running trial."""
+        best = f"; best {self.metric} {self.best[1]:.6g} (trial {self.best[0]})" if self.best else ""
+        out = [f"sweep {self.study}: {self.done} of {self.trials} trials finished, {len(self.running)} running{best}"]
+        for worker, n, epoch, value in self._rows():
+            out.append(f"  worker {worker}  trial {n}  epoch {epoch}  {self.metric} {value}")
         return out
 
-    def _redraw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < REFRESH:
-            return
-        self._drawn = now
-        with self._lock:
-            table = self._table()
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        """(worker, trial, epoch, value) of each running trial, by worker."""
+        rows = sorted(self.running.items(), key=lambda kv: (str(kv[1][0]), kv[0]))
+        return [(str(w), str(n), str(e), f"{v:.6g}" if v is not None else "-") for n, (w, e, v) in rows]
+
+    def draw(self, above: list[str] = ()) -> None:
+        """Print ``above`` (finished trials' lines) and redraw the table under them, on stderr."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
         if self._live is None:
             from rich.console import Console
             from rich.live import Live
@@ -207,21 +193,42 @@ class SweepBoard:
             self._live = Live(console=Console(file=sys.stderr), auto_refresh=False, transient=True,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start()
-        self._live.update(table, refresh=True)
-
-    def _table(self) -> Any:
-        from rich.table import Table
-
-        best = f"best {self.metric} {self.best[1]:.6g} (trial {self.best[0]})" if self.best else "no best yet"
-        table = Table(title=f"sweep {self.study}: {self.done}/{self.trials} finished, {best}", title_justify="left",
-                      box=None, pad_edge=False)
+        for line in above:
+            self._live.console.print(Text(line), soft_wrap=True)
+        table = Table(box=None, pad_edge=False)
         for name in ("worker", "trial", "epoch", self.metric):
             table.add_column(name, justify="right")
-        for t in sorted(self.running.values(), key=lambda t: (t.worker, t.number)):
-            table.add_row(str(t.worker), str(t.number), str(t.epoch), f"{t.value:.6g}" if t.value is not None else "-")
-        return table
+        for row in self._rows():
+            table.add_row(*row)
+        head = Text(self.lines()[0], style="bold", no_wrap=True, overflow="ellipsis")
+        self._live.update(Group(head, table) if self.running else head, refresh=True)
+
+    def follow(self, read: Any, describe: Any = None, worker_of: Any = None, interval: float = 1.0) -> None:
+        """Read the study with ``read()`` every ``interval`` seconds in a daemon thread, and redraw."""
+        import threading
+
+        self._source = (read, describe, worker_of)
+
+        def loop() -> None:
+            while True:
+                self._tick()
+                if self._stop.wait(interval):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="retort-sweep-board", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        read, describe, worker_of = self._source
+        with contextlib.suppress(Exception):  # a storage hiccup: the sweep itself reports those; next time
+            self.draw(self.sync(read(), describe, worker_of))
 
     def close(self) -> None:
+        """Stop following, after a last read (the lines of trials finished since the one before)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._tick()
         if self._live is not None:
             self._live.stop()
             self._live = None

@@ -143,20 +143,47 @@ def test_epoch_bar_draws_on_a_terminal_only_after_its_delay(monkeypatch: pytest.
     assert not slow.due()
 
 
-def test_sweep_board_counts_finished_trials_and_keeps_the_best():
+def test_sweep_board_reads_running_and_finished_trials_from_the_study(monkeypatch: pytest.MonkeyPatch):
+    import io
+
+    import optuna
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    before = study.ask()
+    study.tell(before, 0.7)  # finished before the board: counted, not shown again
     board = SweepBoard("digits-mlp", trials=6, metric="val/loss", direction="minimize")
-    board.started(worker=0, trial=0)
-    board.started(worker=1, trial=1)
-    board.epoch(trial=0, epoch=2, value=0.5)
-    board.epoch(trial=1, epoch=1, value=0.9)
+    worker_of = lambda t: t.system_attrs.get("retort:owner", {}).get("worker")  # noqa: E731
+    describe = lambda t, done: f"trial {t.number} {t.state.name.lower()} [{done}/6 finished]"  # noqa: E731
+    assert board.sync(study.get_trials(), describe, worker_of) == []
+    a, b = study.ask(), study.ask()
+    for trial, worker in ((a, 0), (b, 1)):
+        study._storage.set_trial_system_attr(trial._trial_id, "retort:owner", {"worker": worker})
+    a.report(0.5, 1)
+    a.report(0.45, 2)
+    b.report(0.9, 1)
+    assert board.sync(study.get_trials(), describe, worker_of) == []
     assert board.lines() == [
-        "sweep digits-mlp: 0 of 6 trials finished, 2 running",
-        "  worker 0  trial 0  epoch 2  val/loss 0.5",
-        "  worker 1  trial 1  epoch 1  val/loss 0.9",
+        "sweep digits-mlp: 1 of 6 trials finished, 2 running; best val/loss 0.7 (trial 0)",
+        "  worker 0  trial 1  epoch 2  val/loss 0.45",
+        "  worker 1  trial 2  epoch 1  val/loss 0.9",
     ]
-    board.finished(trial=0, state="COMPLETE", value=0.42)
-    board.finished(trial=1, state="PRUNED", value=0.9)
-    board.started(worker=1, trial=2)
-    board.finished(trial=2, state="COMPLETE", value=0.47)  # worse: the best stays trial 0
-    assert board.lines() == ["sweep digits-mlp: 3 of 6 trials finished, 0 running; best val/loss 0.42 (trial 0)"]
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("COLUMNS", "100")
+    board.draw()
+    table = plain(err.getvalue())
+    assert "sweep digits-mlp: 1 of 6 trials finished, 2 running; best val/loss 0.7 (trial 0)" in table
+    assert re.search(r"worker +trial +epoch +val/loss\n +0 +1 +2 +0\.45\n +1 +2 +1 +0\.9", table), table
+    study.tell(a, 0.42)
+    study.tell(b, state=optuna.trial.TrialState.PRUNED)
+    assert board.sync(study.get_trials(), describe, worker_of) == ["trial 1 complete [3/6 finished]",
+                                                                   "trial 2 pruned [3/6 finished]"]
+    assert board.lines() == ["sweep digits-mlp: 3 of 6 trials finished, 0 running; best val/loss 0.42 (trial 1)"]
+    board.draw(["trial 1 complete [3/6 finished]"])
     board.close()
+    assert "trial 1 complete [3/6 finished]\n" in plain(err.getvalue())
