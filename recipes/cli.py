@@ -309,8 +309,9 @@ def interrupted(args: argparse.Namespace, exc: Interrupted) -> str:
         return (f"interrupted ({exc}); run {exc.run_id} is recorded as KILLED, with no checkpoint to resume from "
                 f"(it stopped at once)")
     store = f" --tracking-uri {shlex.quote(exc.uri)}" if exc.uri and exc.uri != DEFAULT_URI else ""
-    return (f"interrupted ({exc}); run {exc.run_id} is recorded as KILLED, with a checkpoint; resume it with:\n"
-            f"  retort run --resume {exc.run_id}{store}")
+    rest = " (the seeds after it did not run)" if getattr(args, "seeds", None) else ""
+    return (f"interrupted ({exc}); run {exc.run_id} is recorded as KILLED, with a checkpoint{rest}; resume it "
+            f"with:\n  retort run --resume {exc.run_id}{store}")
 
 
 def leave(code: int) -> None:
