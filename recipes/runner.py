@@ -366,7 +366,7 @@ class _Fit:
             metrics.update(test_values)
             if self.record is not None:
                 self.record.log(test_values, step=trainer.current_epoch)
-                self.record.set_tags({"retort.tested": tested})
+                self.record.set_tags({Tag.TESTED: tested})
         metrics = {k: v for k, v in metrics.items() if not _nan(v) or k.startswith("train")}
         return RunResult(run_id=None, metrics=metrics, best_checkpoint=str(best_path) if best_path else None,
                          epochs=epochs, fit_seconds=fit_seconds, rank=trainer.global_rank, tested=tested)

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed
-
-GROUP_TAG = "retort.seed_group"
+from retort.tracking.vocabulary import Tag
 
 
 @dataclass
@@ -50,18 +49,18 @@ def run_seeds(recipe: Any, n: int, *, tracking_uri: str | None = None, quiet: bo
     build(recipe)  # bad input stops here, before the parent exists
     seeds = [recipe.seed + i for i in range(n)]
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
-    tags = {k: v for k, v in {**run_tags(recipe, command), **recipe.tracking["tags"]}.items() if k != "retort.seed"}
+    tags = {k: v for k, v in {**run_tags(recipe, command), **recipe.tracking["tags"]}.items() if k != Tag.SEED}
     name = recipe.tracking["run_name"] or recipe.name
     params = {k: v for k, v in recipe.flat().items() if k != "seed"}
     parent = RunRecord.start(uri, recipe.tracking["experiment"] or recipe.name, params=params,
-                             tags={**tags, "retort.seeds": ",".join(map(str, seeds)),
-                                   "mlflow.runName": f"{name} seeds {seeds[0]}-{seeds[-1]}"})
+                             tags={**tags, Tag.SEEDS: ",".join(map(str, seeds)),
+                                   Tag.RUN_NAME: f"{name} seeds {seeds[0]}-{seeds[-1]}"})
     result = SeedsResult(parent.run_id, seeds)
     try:
         for i, seed in enumerate(seeds):
             if not quiet:
                 print(f"seed {seed} ({i + 1} of {n})", file=sys.stderr, flush=True)
-            child_tags = {GROUP_TAG: parent.run_id, "mlflow.runName": f"{name} seed {seed}"}
+            child_tags = {Tag.SEED_GROUP: parent.run_id, Tag.RUN_NAME: f"{name} seed {seed}"}
             try:
                 done = run(replace(recipe, seed=seed), tracking_uri=uri, quiet=quiet, command=command,
                            tags=child_tags, parent_run_id=parent.run_id)
@@ -81,7 +80,7 @@ def run_seeds(recipe: Any, n: int, *, tracking_uri: str | None = None, quiet: bo
     summary = result.summary()
     parent.log({k: mean for k, (mean, _) in summary.items()} | {f"{k}_std": std for k, (_, std) in summary.items()},
                step=0)
-    parent.set_tags({"retort.seed_runs": ",".join(str(result.run_ids.get(s)) for s in seeds)})
+    parent.set_tags({Tag.SEED_RUNS: ",".join(str(result.run_ids.get(s)) for s in seeds)})
     if result.failed:
         parent.finish("FAILED", "; ".join(f"seed {s}: {why}" for s, why in result.failed.items()))
     else:

@@ -28,6 +28,12 @@ class Tag:
     RERUN_OF = "retort.rerun_of"            # the run a `retort rerun` repeated
     RECIPE_DIR = "retort.recipe_dir"        # the folder relative paths resolved against
     PATH = "retort.path"                    # prefix: retort.path.data.path, the absolute path a field named
+    TESTED = "retort.tested"                # whose weights the test values are of: "epoch 31 of 40 (lowest val/loss)"
+
+    # `retort run --seeds N`: the parent run and its seeds' runs
+    SEEDS = "retort.seeds"                  # on the parent: the seeds, "0,1,2"
+    SEED_RUNS = "retort.seed_runs"          # on the parent: the seeds' runs, in seed order
+    SEED_GROUP = "retort.seed_group"        # on each seed's run: the parent's id (as is mlflow.parentRunId)
 
     # runs on GPUs
     CUDA_VERSION = "cuda.version"
