@@ -100,7 +100,7 @@ class EpochBar:
         filled = width * done // max(self.batches, 1)
         return Text.assemble(
             f"epoch {self.epoch}/{self.max_epochs} ", ("━" * filled, "magenta"), ("━" * (width - filled), "grey30"),
-            f" {done}/{self.batches} batches  loss {mean:.4f}  {rate:,.0f} samples/s  {_clock(elapsed)}  "
+            f" {done}/{self.batches or '?'} batches  loss {mean:.4f}  {rate:,.0f} samples/s  {_clock(elapsed)}  "
             f"ETA {_clock(eta)}", no_wrap=True, overflow="ellipsis")
 
     def stop(self) -> None:

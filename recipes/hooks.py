@@ -76,7 +76,8 @@ class EpochLine(pl.Callback):
         if self.bar is not None and not trainer.global_rank:
             self._samples = self._counted = 0
             self._sum = 0.0
-            self.bar.start(trainer.current_epoch + 1, int(trainer.num_training_batches))
+            total = trainer.num_training_batches  # inf for a data set without a length
+            self.bar.start(trainer.current_epoch + 1, int(total) if math.isfinite(total) else 0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, i: int) -> None:
         if self.bar is None or trainer.global_rank:
