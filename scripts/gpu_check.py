@@ -152,8 +152,11 @@ def main() -> int:
             "(the same steps run small on the CPU)")
     try:
         import pynvml  # noqa: F401
+
+        nvml = True
     except ImportError:
-        say("skipped: nvidia-ml-py is not installed: no per-GPU utilization or power")
+        nvml = False
+        say("skipped: nvidia-ml-py is not installed: no per-GPU utilization, power or driver version")
     rows, failures = [], []
     with tempfile.TemporaryDirectory(prefix="retort-gpu-check-") as tmp:
         os.chdir(tmp)
@@ -163,54 +166,73 @@ def main() -> int:
         MlflowClient(tracking_uri=uri).search_experiments()
         precision = "bf16-mixed"
 
-        # 1. a recipe with bf16 and compile against the hand-written loop with the same
-        start = time.perf_counter()
-        ours = retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=cuda), uri)
-        theirs = hand_written(recipe_dict(size, cuda=cuda, precision=precision, compile=cuda), cuda=cuda,
-                              compile=cuda)
-        report["bf16_compile"] = {"retort": {k: v for k, v in ours.items() if k not in ("tags", "metrics")},
-                                  "hand_written": theirs, "seconds": time.perf_counter() - start,
-                                  "compile_s": ours["metrics"].get("perf/compile_seconds")}
-        rows.append(("samples/s, bf16" + (" + compile" if cuda else ""), ours["samples_per_s"],
-                     theirs["samples_per_s"], ">= 0.95x"))
-        if cuda:
-            rows.append(("MFU, bf16 + compile", ours["mfu"], theirs["mfu"], "within 5%"))
-            rows.append(("compile seconds (apart from training)", ours["metrics"].get("perf/compile_seconds"),
-                         theirs["compile_s"], ""))
-            rows.append(("peak memory MB", ours["metrics"].get("perf/peak_memory_megabytes"), None, ""))
-        rows.append(("data wait fraction", ours["data_wait"], None, ""))
+        ours: dict = {}
 
-        # 2. the telemetry's cost: on over off, eager, alternating
-        pairs = []
-        for _ in range(2):
-            on = retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=False, epochs=3), uri)
-            off = retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=False, epochs=3,
-                                         telemetry=False), uri)
-            pairs.append(on["fit_s"] / off["fit_s"])
-        report["telemetry_on_over_off"] = pairs
-        rows.append(("telemetry on / off, fit time", statistics.median(pairs), 1.0, "<= 1.01x"))
+        def part(name: str, fn) -> None:
+            """Run one part; a part that breaks is one FAILED line, and the others still run."""
+            began = time.perf_counter()
+            try:
+                fn()
+                say(f"{name}: done in {time.perf_counter() - began:.0f} s")
+            except Exception as exc:
+                import traceback
 
-        # 3. 16-mixed: the loss scale and its overflows are recorded
-        if cuda:
-            scaled = retort_run(recipe_dict(size, cuda=cuda, precision="16-mixed", compile=False, epochs=2), uri)
-            m = scaled["metrics"]
+                traceback.print_exc()
+                failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
+                say(f"{name}: FAILED after {time.perf_counter() - began:.0f} s: {type(exc).__name__}: {exc}"[:400])
+
+        def bf16_compile() -> None:  # a recipe with bf16 and compile against the hand-written loop with the same
+            ours.update(retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=cuda), uri))
+            theirs = hand_written(recipe_dict(size, cuda=cuda, precision=precision, compile=cuda), cuda=cuda,
+                                  compile=cuda)
+            report["bf16_compile"] = {"retort": {k: v for k, v in ours.items() if k not in ("tags", "metrics")},
+                                      "hand_written": theirs,
+                                      "compile_s": ours["metrics"].get("perf/compile_seconds")}
+            rows.append(("samples/s, bf16" + (" + compile" if cuda else ""), ours["samples_per_s"],
+                         theirs["samples_per_s"], ">= 0.95x"))
+            if cuda:
+                rows.append(("MFU, bf16 + compile", ours["mfu"], theirs["mfu"], "within 5%"))
+                rows.append(("compile seconds (apart from training)", ours["metrics"].get("perf/compile_seconds"),
+                             theirs["compile_s"], ""))
+                rows.append(("peak memory MB", ours["metrics"].get("perf/peak_memory_megabytes"), None, ""))
+            rows.append(("data wait fraction", ours["data_wait"], None, ""))
+
+        def telemetry_cost() -> None:  # on over off, eager, alternating
+            pairs = []
+            for _ in range(2):
+                on = retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=False, epochs=4), uri)
+                off = retort_run(recipe_dict(size, cuda=cuda, precision=precision, compile=False, epochs=4,
+                                             telemetry=False), uri)
+                pairs.append(on["fit_s"] / off["fit_s"])
+            report["telemetry_on_over_off"] = pairs
+            rows.append(("telemetry on / off, fit time", statistics.median(pairs), 1.0, "<= 1.01x"))
+
+        def fp16_scaling() -> None:  # the loss scale and its overflows are recorded
+            m = retort_run(recipe_dict(size, cuda=cuda, precision="16-mixed", compile=False, epochs=2), uri)["metrics"]
             report["fp16"] = {k: m.get(k) for k in ("perf/loss_scale", "perf/loss_scale_overflows")}
             rows.append(("16-mixed loss scale / overflows", m.get("perf/loss_scale"),
                          m.get("perf/loss_scale_overflows"), "recorded"))
             if "perf/loss_scale" not in m:
                 failures.append("16-mixed recorded no loss scale")
 
-        # 4. the record: tags and this run's GPU readings
-        tags, metrics = ours["tags"], ours["metrics"]
-        wanted = ["retort.precision", "retort.devices"] + (["cuda.version", "cudnn.version", "gpu.model",
-                                                             "gpu.count", "gpu.driver_version"] if cuda else [])
-        report["tags"] = {k: tags.get(k) for k in wanted}
-        report["system_metrics"] = sorted(k for k in metrics if k.startswith("system/gpu"))
-        for k in wanted:
-            if k not in tags:
-                failures.append(f"tag {k} missing")
-        if cuda and not report["system_metrics"]:
-            failures.append("no system/gpu_* readings")
+        def the_record() -> None:  # tags and this run's GPU readings
+            tags, metrics = ours["tags"], ours["metrics"]
+            wanted = ["retort.precision", "retort.devices"]
+            if cuda:
+                wanted += ["cuda.version", "cudnn.version", "gpu.model", "gpu.count"]
+                wanted += ["gpu.driver_version"] if nvml else []
+            report["tags"] = {k: tags.get(k) for k in wanted}
+            report["system_metrics"] = sorted(k for k in metrics if k.startswith("system/gpu"))
+            failures.extend(f"tag {k} missing" for k in wanted if k not in tags)
+            if cuda and not report["system_metrics"]:
+                failures.append("no system/gpu_* readings")
+
+        part("bf16" + (" + compile" if cuda else "") + " recipe against the hand-written loop", bf16_compile)
+        part("telemetry on over off", telemetry_cost)
+        if cuda:
+            part("16-mixed loss scaling", fp16_scaling)
+        if ours:
+            part("the record", the_record)
 
     say("")
     say(f"{'figure':<40} {'retort':>12} {'baseline':>12} {'ratio':>7}  goal")
@@ -218,9 +240,9 @@ def main() -> int:
         ratio = f"{a / b:.3f}x" if isinstance(a, float) and isinstance(b, float) and b else ""
         fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
         say(f"{name:<40} {fmt(a):>12} {fmt(b):>12} {ratio:>7}  {goal}")
-    for k, v in report["tags"].items():
+    for k, v in report.get("tags", {}).items():
         say(f"tag {k}: {v}")
-    say(f"GPU readings recorded: {', '.join(report['system_metrics']) or 'none'}")
+    say(f"GPU readings recorded: {', '.join(report.get('system_metrics', [])) or 'none'}")
     report["failures"] = failures
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

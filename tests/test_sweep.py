@@ -85,11 +85,12 @@ def check_records(client, study, parent_id: str) -> dict[int, object]:
         tags = run.data.tags
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
         assert tags["retort.study"] == study.study_name
-        assert tags["retort.trial_state"] == t.state.name
+        state = "FAIL" if t.constraints.get("out_of_memory", 0) > 0 else t.state.name  # Optuna: a constraint
+        assert tags["retort.trial_state"] == state
         assert tags["mlflow.runName"] == f"{study.study_name} trial {t.number}"
         owner = t.system_attrs["retort:owner"]
         assert tags["retort.worker"] == str(owner["worker"]) and tags["retort.sampler_seed"] == str(owner["seed"])
-        expected = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}[t.state.name]
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}[state]
         if "retort:retried" in t.system_attrs:
             expected = "KILLED"
         assert run.info.status == expected, (t.number, t.state, run.info.status, tags.get("retort.failure"))
@@ -369,11 +370,45 @@ def test_a_trial_out_of_memory_is_recorded_failed_and_the_sweep_goes_on(workdir:
         study.enqueue_trial({"optimizer.lr": 0.01, "model.hidden": json.dumps(hidden)})
     result = sw.sweep(path, trials=2, quiet=True)
     study = journal_study(workdir, "tiny")
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"] and result.ok and result.best_trial == 1
+    # to Optuna a finished trial with the worst value and a violated constraint: what samplers learn from
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and result.ok and result.best_trial == 1
+    assert study.trials[0].value == math.inf and study.trials[0].constraints == {"out_of_memory": 1.0}
+    assert study.trials[1].constraints == {} and study.best_trial.number == 1
     runs = check_records(client, study, result.parent_run_id)
     reason = runs[0].data.tags["retort.failure"]
     assert runs[0].info.status == "FAILED" and reason.startswith("out of memory: RuntimeError")
+    assert runs[0].data.tags["retort.trial_state"] == "FAIL"
     assert "can't allocate memory" in reason and study.trials[0].user_attrs["failure"] == reason
+    parent = client.get_run(result.parent_run_id).data.metrics
+    assert (parent["trials_failed"], parent["trials_complete"]) == (1, 1)
+
+
+def test_out_of_memory_as_a_constraint_makes_tpe_propose_less_of_what_did_not_fit():
+    """The same seeded TPE study, where batch sizes of 64 and up do not fit: told as a violated constraint
+    (what the sweep does) the sampler proposes them less often than told as failures, which it ignores."""
+    import optuna
+
+    from retort.recipes.sweep.memory import infeasible
+
+    def proposals_that_do_not_fit(as_constraint: bool) -> int:
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+        too_big = 0
+        for i in range(30):
+            trial = study.ask()
+            batch = trial.suggest_categorical("batch_size", [16, 32, 64, 128])
+            lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+            if batch < 64:
+                study.tell(trial, (math.log10(lr) + 1.5) ** 2 - batch / 100)
+            elif as_constraint:
+                too_big += i >= 4
+                study.tell(trial, infeasible(trial, maximize=False))
+            else:
+                too_big += i >= 4
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return too_big
+
+    learned, ignored = proposals_that_do_not_fit(True), proposals_that_do_not_fit(False)
+    assert learned < ignored / 2, (learned, ignored)
 
 
 # --- workers, resuming, crashes -----------------------------------------------------------------------

@@ -106,9 +106,12 @@ def conclude(study: Any, plan: Plan, base: Any, record: Any, problems: list[str]
     if base.sweep["sampler"] == "grid" and finished < plan.trials:
         points = math.prod(len(v) for v in grid_of(base).values())
         result.warnings.append(f"the grid has {points} points, fewer than the {plan.trials} trials asked for")
-    record.log({"trials_complete": counts["COMPLETE"], "trials_pruned": counts["PRUNED"],
-                "trials_failed": counts["FAIL"]}, step=finished)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    from retort.recipes.sweep.memory import did_not_fit
+
+    oom = sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE and did_not_fit(t))
+    record.log({"trials_complete": counts["COMPLETE"] - oom, "trials_pruned": counts["PRUNED"],
+                "trials_failed": counts["FAIL"] + oom}, step=finished)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and not did_not_fit(t)]
     if complete:
         best = study.best_trial
         result.best_value, result.best_trial = float(best.value), best.number

@@ -193,7 +193,14 @@ class Worker:
                 raise exc.__cause__ from None
             run_id = exc.run_id or (pruning.run_id if pruning else None)
             reason = str(exc)  # no run when it failed before recording (out of memory building the model)
-            self._finish(trial, "FAIL", None, reason, run_id or self._failed_run(trial, values, tags, reason), values)
+            run_id = run_id or self._failed_run(trial, values, tags, reason)
+            if reason.startswith("out of memory"):  # a constraint the sampler learns from (sweep/memory.py)
+                from retort.recipes.sweep.memory import infeasible
+
+                worst = infeasible(trial, self.base.sweep["direction"] == "maximize")
+                self._finish(trial, "COMPLETE", worst, reason, run_id, values, fits=False)
+                return
+            self._finish(trial, "FAIL", None, reason, run_id, values)
             return
         except Exception as exc:  # an error outside training (storage, record): fail the trial, go on
             run_id, reason = (pruning.run_id if pruning else None), failure(exc)
@@ -249,8 +256,9 @@ class Worker:
             return None
 
     def _finish(self, trial: Any, state: str, value: float | None, reason: str | None, run_id: str | None,
-                values: Mapping[str, Any], close: bool = False) -> None:
-        """Tell Optuna, then tag the MLflow run with the trial's final state."""
+                values: Mapping[str, Any], close: bool = False, fits: bool = True) -> None:
+        """Tell Optuna, then tag the MLflow run with the trial's final state (FAIL for one that did not fit in
+        memory, which Optuna holds as a finished trial with a violated constraint)."""
         import optuna
 
         TrialState = optuna.trial.TrialState
@@ -258,7 +266,7 @@ class Worker:
         try:
             if run_id:
                 trial.set_user_attr(RUN_ID, run_id)
-            if reason and state == "FAIL":
+            if reason and (state == "FAIL" or not fits):
                 trial.set_user_attr(FAILURE, reason[:2000])
                 self.study._storage.set_trial_system_attr(trial._trial_id, StudyAttr.FAIL_REASON, reason[:2000])
             if state == "COMPLETE":
@@ -269,7 +277,7 @@ class Worker:
             reason = "the trial was re-queued as lost while it ran (heartbeat too slow?); its result is dropped"
             state = "FAIL"
         if run_id:
-            tags = {Tag.TRIAL_STATE: state}
+            tags = {Tag.TRIAL_STATE: state if fits else "FAIL"}
             if state == "PRUNED":
                 tags[Tag.PRUNED] = reason or ""
             if close and reason:
@@ -278,6 +286,6 @@ class Worker:
         self.ran += 1
         done = tally(self.study.get_trials(deepcopy=False))
         finished = done["COMPLETE"] + done["PRUNED"] + done["FAIL"]
-        what = f"{self.metric} {value:.5g}" if value is not None else (reason or "")
+        what = f"{self.metric} {value:.5g}" if value is not None and fits else (reason or "")
         self.say(f"trial {trial.number} {state.lower()}: {what}  {_fmt(values)}  "
                  f"[{finished}/{self.plan.trials} finished, worker {self.index}]")
