@@ -154,16 +154,18 @@ class SweepBoard:
                 self.running[t.number] = (worker_of(t) if worker_of else "-", epoch, steps.get(epoch))
             elif state in FINISHED:
                 finished.append(t)
-                if state == "COMPLETE" and t.value is not None and (
+                if state == "COMPLETE" and t.value is not None and math.isfinite(t.value) and (  # out of memory: inf
                         self.best is None or (t.value > self.best[1] if self.maximize else t.value < self.best[1])):
                     self.best = (t.number, t.value)
-        self.done = len(finished)
         if self._seen is None:
             self._seen = {t.number for t in finished}
+        count = len(self._seen)  # each new line says how many had finished with it
         for t in sorted(finished, key=lambda t: t.number):
             if t.number not in self._seen:
                 self._seen.add(t.number)
-                new.append(describe(t, self.done) if describe else f"trial {t.number} {t.state.name.lower()}")
+                count += 1
+                new.append(describe(t, count) if describe else f"trial {t.number} {t.state.name.lower()}")
+        self.done = len(finished)
         return new
 
     def lines(self) -> list[str]:

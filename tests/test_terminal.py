@@ -181,9 +181,43 @@ def test_sweep_board_reads_running_and_finished_trials_from_the_study(monkeypatc
     assert re.search(r"worker +trial +epoch +val/loss\n +0 +1 +2 +0\.45\n +1 +2 +1 +0\.9", table), table
     study.tell(a, 0.42)
     study.tell(b, state=optuna.trial.TrialState.PRUNED)
-    assert board.sync(study.get_trials(), describe, worker_of) == ["trial 1 complete [3/6 finished]",
+    assert board.sync(study.get_trials(), describe, worker_of) == ["trial 1 complete [2/6 finished]",
                                                                    "trial 2 pruned [3/6 finished]"]
     assert board.lines() == ["sweep digits-mlp: 3 of 6 trials finished, 0 running; best val/loss 0.42 (trial 1)"]
     board.draw(["trial 1 complete [3/6 finished]"])
     board.close()
     assert "trial 1 complete [3/6 finished]\n" in plain(err.getvalue())
+
+
+SWEEP = """\
+name: tiny
+seed: 0
+data: {name: wine, batch_size: 4}
+model: {name: mlp, hidden: [8]}
+optimizer: {name: adam, lr: 0.01}
+trainer: {max_epochs: 20, accelerator: cpu, devices: 1}
+tracking: {checkpoint: false, system_metrics: false}
+sweep:
+  metric: val/loss
+  trials: 4
+  pruner: none
+  space:
+    optimizer.lr: {low: 1.0e-3, high: 1.0e-1, log: true}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_terminal_shows_a_live_table_of_its_running_trials(tmp_path: Path):
+    (tmp_path / "tiny.yaml").write_text(SWEEP)
+    code, text = spawn(["sweep", "tiny.yaml", "--workers", "2"], tmp_path)
+    assert code == 0, text
+    seen = ESCAPE.sub("\n", text.replace("\r\n", "\n"))  # each redraw of the table on lines of its own
+    assert re.search(r"^sweep tiny: \d of 4 trials finished, [12] running", seen, re.M), seen
+    for worker in (0, 1):  # a row of a trial in progress (worker, trial, epoch, value), the spawned worker's too
+        assert re.search(rf"^ +{worker} +\d +[1-9]\d* +0\.\d+$", seen, re.M), seen
+    lines = [re.fullmatch(r"trial (\d) complete: val/loss [\d.]+  optimizer\.lr=[\d.e-]+  \[(\d)/4 finished, "
+                          r"worker [01]\]", line) for line in seen.splitlines()]
+    lines = [m.groups() for m in lines if m]
+    assert sorted(n for n, _ in lines) == ["0", "1", "2", "3"]  # each finished trial's line once
+    assert [k for _, k in lines] == ["1", "2", "3", "4"]
+    assert re.search(r"\nbest_value: [\d.]+\nbest_params: \{.*\}\nparent_run_id: \w+\n$", seen), seen[-500:]

@@ -107,8 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from retort.recipes.display import status
     from retort.tracking.context import command_line
 
+    if not args.quiet:  # before the imports: Optuna, PyTorch, Lightning and MLflow take seconds
+        status(f"retort sweep {args.recipe}: loading Optuna, PyTorch, Lightning and MLflow")
     try:
         result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
                        storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
@@ -177,24 +180,32 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
                      Tag.SAMPLER_SEEDS: ",".join(map(str, seeds)), Tag.COMMAND: plan.command,
                      Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage)})
     if not quiet:
+        from retort.recipes.display import clear_status
+
+        clear_status()
         verb = "resuming" if existing else "starting"
         print(f"sweep {plan.study!r}: {verb}, {sum(counts.values())} of {plan.trials} trials in the study, "
               f"{len(seeds)} worker{'s' * (len(seeds) != 1)}; storage {display(plan.storage)}; "
               f"parent run {record.run_id}", flush=True)
+    board = _board(plan, base, study_obj)  # before send: the workers learn that the board prints their lines
     supervisor = Supervisor(send(procs, plan, seeds[1:]), plan)  # workers 1..k-1; this process is worker 0
     supervisor.start()
     try:
-        with interruptible():
-            if seeds:
-                if len(seeds) > 1:
-                    import torch
+        try:
+            with interruptible():
+                if seeds:
+                    if len(seeds) > 1:
+                        import torch
 
-                    torch.set_num_threads(max(1, cpus() // len(seeds)))
-                study_obj.sampler = make_sampler(base, seeds[0])
-                Worker(plan, 0, seeds[0], study=study_obj).run()
-            if supervisor.is_alive():  # a core is free from now on: load what the end needs
-                threading.Thread(target=prefetch_analysis, daemon=True).start()
-            supervisor.wait()
+                        torch.set_num_threads(max(1, cpus() // len(seeds)))
+                    study_obj.sampler = make_sampler(base, seeds[0])
+                    Worker(plan, 0, seeds[0], study=study_obj).run()
+                if supervisor.is_alive():  # a core is free from now on: load what the end needs
+                    threading.Thread(target=prefetch_analysis, daemon=True).start()
+                supervisor.wait()
+        finally:
+            if board is not None:
+                board.close()
     except Interrupted as exc:
         supervisor.forward(exc.signum)
         supervisor.wait()
@@ -214,3 +225,20 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     result = conclude(study_obj, plan, base, record, problems)
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def _board(plan: Any, base: Any, study: Any) -> Any:
+    """On a terminal, the live table of running trials (``recipes/display.py``), which reads every worker's
+    trials from the study and prints their lines (on stderr); None when quiet or when stdout or stderr is not a
+    terminal (then the workers print their lines)."""
+    from retort.recipes.display import SweepBoard, live
+    from retort.recipes.sweep.worker import finished_line, worker_of
+
+    if plan.quiet or not live() or not live(sys.stdout):  # stdout to a file keeps every trial's line
+        return None
+    plan.board = True
+    metric = base.sweep["metric"]
+    board = SweepBoard(plan.study, plan.trials, metric, base.sweep["direction"])
+    board.follow(lambda: study.get_trials(deepcopy=False),
+                 lambda trial, finished: finished_line(trial, finished, plan.trials, metric), worker_of)
+    return board

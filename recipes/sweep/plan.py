@@ -26,6 +26,7 @@ class Plan:
     heartbeat: float
     command: str
     quiet: bool = False
+    board: bool = False          # a live table on the terminal shows the trials: workers print no lines of their own
     parent_run_id: str = ""
     patience: float = PATIENCE   # seconds to wait out an unreachable study storage
 

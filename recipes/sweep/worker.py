@@ -26,6 +26,7 @@ from retort.recipes.sweep.lease import (
     study_lock,
     tally,
 )
+from retort.recipes.sweep.memory import did_not_fit
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.search import make_pruner, make_sampler
 from retort.recipes.sweep.space import applied, suggest, trial_recipe
@@ -84,6 +85,29 @@ def _fmt(values: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
+def trial_line(number: int, state: str, what: str, values: Mapping[str, Any], finished: int, trials: int,
+               worker: Any) -> str:
+    """``trial 3 complete: val/loss 0.3812  optimizer.lr=0.0012  [4/20 finished, worker 1]``."""
+    return f"trial {number} {state.lower()}: {what}  {_fmt(values)}  [{finished}/{trials} finished, worker {worker}]"
+
+
+def worker_of(trial: Any) -> Any:
+    """The worker that ran (or runs) an Optuna trial, from its owner attribute."""
+    return (trial.system_attrs.get(StudyAttr.OWNER) or {}).get("worker", "-")
+
+
+def finished_line(trial: Any, finished: int, trials: int, metric: str) -> str:
+    """:func:`trial_line` of a finished Optuna trial, read back from the study (the sweep's live table
+    prints the lines of every worker's trials)."""
+    state = trial.state.name
+    steps = trial.intermediate_values
+    value = trial.value if state == "COMPLETE" else (steps[max(steps)] if steps and state == "PRUNED" else None)
+    if did_not_fit(trial):  # finished for the sampler, out of memory for people
+        value = None
+    what = f"{metric} {value:.5g}" if value is not None else str(trial.system_attrs.get(StudyAttr.FAIL_REASON, ""))
+    return trial_line(trial.number, state, what, trial.params, finished, trials, worker_of(trial))
+
+
 class Worker:
     """Runs trials of one study in this process until the study holds ``plan.trials`` of them."""
 
@@ -104,7 +128,7 @@ class Worker:
         self._stop = threading.Event()
 
     def say(self, text: str) -> None:
-        if not self.plan.quiet:
+        if not self.plan.quiet and not self.plan.board:
             print(text, flush=True)
 
     def run(self) -> int:
@@ -287,5 +311,4 @@ class Worker:
         done = tally(self.study.get_trials(deepcopy=False))
         finished = done["COMPLETE"] + done["PRUNED"] + done["FAIL"]
         what = f"{self.metric} {value:.5g}" if value is not None and fits else (reason or "")
-        self.say(f"trial {trial.number} {state.lower()}: {what}  {_fmt(values)}  "
-                 f"[{finished}/{self.plan.trials} finished, worker {self.index}]")
+        self.say(trial_line(trial.number, state, what, values, finished, self.plan.trials, self.index))
