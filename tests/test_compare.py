@@ -130,7 +130,7 @@ def f4(v: float) -> str:
 
 @pytest.mark.slow
 def test_table_shows_the_params_that_differ_and_last_and_best_values_sorted(store: Store, cli):
-    code, out, err = cli("compare", "--experiment", "grid", "--no-group-by-seed", "--tracking-uri", store.uri)
+    code, out, err = cli("compare", "--experiment", "grid", "--no-group-by-seed", "--wide", "--tracking-uri", store.uri)
     assert code == 0, err
     headers, rows = parse_table(out)
     assert headers == ["run id", "name", "optimizer.lr", "seed", "val/loss last", "val/loss best",
@@ -196,7 +196,7 @@ def test_runs_that_differ_only_by_seed_fold_into_mean_and_std(store: Store, cli)
                 assert float(r[f"{key} std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
         groups[r["optimizer.lr"]] = r
 
-    code, out, _ = cli("compare", "--experiment", "grid", "--tracking-uri", store.uri)
+    code, out, _ = cli("compare", "--experiment", "grid", "--wide", "--tracking-uri", store.uri)
     headers, table = parse_table(out)
     assert headers[:3] == ["n", "seeds", "optimizer.lr"] and headers[3] == "val/loss last"
     assert "6 runs in 2 groups (mean ± std over seeds)" in out
@@ -423,3 +423,125 @@ def test_one_tick_algorithm_gives_round_ticks_and_integers_on_integer_axes():
                                  "labels": ["0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]}
     assert axis([])["domain"] == [0, 1] and axis([float("nan"), 5.0, None])["domain"] == [4.75, 5.25]
 
+
+
+# --- a table that fits, seeds as an axis ----------------------------------------------------------
+
+SIX = {"optimizer.lr": ["0.0012345678901234567", "0.034567890123456789", "0.00056789012345678901",
+                        "0.0098765432109876543", "0.21098765432109876"],
+       "data.batch_size": ["16", "32", "64", "128", "256"],
+       "model.dropout": ["0.1", "0.2", "0.30000000000000004", "0.4", "0.5"],
+       "optimizer.weight_decay": ["1.2345678901234567e-05", "0.00012345678901234567", "0.0", "1e-06", "0.001"],
+       "model.hidden": ["[128, 64]", "[64]", "[256, 128]", "[32, 32]", "[512]"],
+       "model.activation": ["relu", "gelu", "tanh", "elu", "silu"]}
+
+
+def six_param_sweep(uri: str) -> tuple[str, list[str]]:
+    """A sweep's parent run and 5 trials, written with MLflow's client: 6 params differ (as a sweep's
+    sampler writes them, to 17 digits), and so do the descriptive ones."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("six")
+    parent = client.create_run(exp, run_name="sweep six", tags={
+        "retort.sweep": "parent", "retort.study": "six", "retort.sweep.metric": "val/loss",
+        "retort.sweep.direction": "minimize"}).info.run_id
+    trials = []
+    for i in range(5):
+        run = client.create_run(exp, run_name=f"six trial {i}", tags={
+            "mlflow.parentRunId": parent, "retort.trial": str(i), "retort.trial_state": "COMPLETE"}).info.run_id
+        params = {k: v[i] for k, v in SIX.items()}
+        params.update({"seed": "0", "name": f"six-{i}", "description": f"trial {i} of a long description",
+                       "sweep.trials": str(10 + i), "tracking.run_name": f"six trial {i}", "trainer.max_epochs": "3"})
+        metrics = [Metric(f"val/{k}", 0.5 / (i + 1) + e * 0.01 + j * 0.1, 0, e) for e in (1, 2, 3)
+                   for j, k in enumerate(("loss", "accuracy"))]
+        metrics += [Metric("test/loss", 0.4 + i / 7, 0, 0), Metric("test/accuracy", 0.9 - i / 70, 0, 0),
+                    Metric("train/loss_epoch", 0.3 + i / 9, 0, 3)]
+        client.log_batch(run, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run)
+        trials.append(run)
+    client.set_terminated(parent)
+    return parent, trials
+
+
+def test_a_six_param_sweep_fits_120_columns_and_wide_shows_all(workdir: Path, cli):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    parent, trials = six_param_sweep(uri)
+    code, out, err = cli("compare", "--sweep", parent, "--tracking-uri", uri)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 120, out
+    headers, rows = parse_table(out)
+    # every param that differs, over two header lines where long, and nothing descriptive
+    assert headers[:7] == ["run id", "data. batch_size", "model. activation", "model. dropout", "model. hidden",
+                           "optimizer. lr", "optimizer. weight_decay"], headers
+    assert headers[7:9] == ["val/loss last", "val/loss best"]
+    assert not any(h.startswith(("name", "description", "sweep", "tracking")) for h in headers)
+    by_order = [trials[i] for i in (4, 3, 2, 1, 0)]  # val/loss falls with i
+    assert [r[0] for r in rows] == [t[:8] for t in by_order]
+    assert rows[0][1:7] == ["256", "silu", "0.5", "[512]", "0.211", "0.001"]
+    assert rows[2][1:7] == ["64", "tanh", "0.3", "[256, 128]", "0.0005679", "0"]
+    assert rows[4][5:9] == ["0.001235", "1.235e-05", "0.53", "0.51"]
+    left = len(["val/accuracy last", "val/accuracy best", "test/loss", "test/accuracy", "train/loss_epoch last",
+                "train/loss_epoch best", "name"]) - (len(headers) - 9)
+    assert f"{left} columns left out to fit (--wide shows all)" in " ".join(out.split())
+
+    code, out, _ = cli("compare", "--sweep", parent, "--wide", "--tracking-uri", uri)
+    headers, rows = parse_table(out)
+    assert headers[:2] == ["run id", "name"] and "optimizer.weight_decay" in headers and len(headers) == 16
+    assert rows[-1][0] == trials[0] and "0.0012345678901234567" in rows[-1] and "left out" not in out
+    code, out, _ = cli("compare", "--sweep", parent, "--descriptive", "--csv", "--tracking-uri", uri)
+    assert {"name", "description", "sweep.trials"} <= set(read_csv(out)[0])
+    assert "tracking.run_name" not in read_csv(out)[0]  # a run's name is its name column
+
+
+@pytest.mark.slow
+def test_seeds_group_once_repeats_are_not_seeds_and_the_verdict_by_seed(workdir: Path, cli):
+    """3 seeds each: lr 0.1; the same with an eval batch size that changes nothing (identical numbers); lr 1e-5
+    (it barely trains: far beyond seed noise); and a rerun of lr 0.1's seed 0, a repeat and not a fourth seed."""
+    from scipy import stats
+
+    from retort.tracking.vocabulary import Tag
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    ids: dict[str, list[str]] = {"fast": [], "same": [], "slow": []}
+    for seed in (0, 1, 2):
+        for key, lr, overrides in (("fast", 0.1, {}), ("same", 0.1, {"eval_batch_size": 512}), ("slow", 1e-5, {})):
+            ids[key].append(recipes.run(tiny(seed, lr, "seeds", 3, **overrides), tracking_uri=uri, quiet=True).run_id)
+    rerun = recipes.run(tiny(0, 0.1, "seeds", epochs=3), tracking_uri=uri, quiet=True,
+                        tags={Tag.RERUN_OF: ids["fast"][0]}).run_id
+
+    code, out, err = cli("compare", "--experiment", "seeds", "--csv", "--tracking-uri", uri)
+    assert code == 0, err
+    rows = read_csv(out)
+    assert [r["n"] for r in rows] == ["3", "3", "3"]
+    by_ids = {frozenset(r["run_ids"].split()): r for r in rows}
+    fast, same, slow = (by_ids[frozenset(ids["fast"] + [rerun])], by_ids[frozenset(ids["same"])],
+                        by_ids[frozenset(ids["slow"])])
+    assert fast["seeds"] == "0 ×2, 1, 2" and same["seeds"] == slow["seeds"] == "0, 1, 2"
+    assert rows[0] is fast and fast["vs best"] == "best"
+    assert same["vs best"] == "within noise (p=1)"
+    from mlflow import MlflowClient
+
+    mc = MlflowClient(tracking_uri=uri)
+
+    def best_loss(run_id: str) -> float:
+        return min(m.value for m in mc.get_metric_history(run_id, "val/loss"))
+
+    a, b = [best_loss(i) for i in ids["slow"]], [best_loss(i) for i in ids["fast"]]
+    p = stats.ttest_rel(a, b).pvalue
+    assert p < 0.05 and slow["vs best"] == f"worse (p={p:.2g})"
+    mean, std = statistics.fmean(a), statistics.stdev(a)
+    half = stats.t.ppf(0.975, 2) * std / 3 ** 0.5
+    assert float(slow["val/loss:best mean"]) == pytest.approx(mean, rel=1e-12)
+    assert float(slow["val/loss:best low"]) == pytest.approx(mean - half, rel=1e-9)
+    assert float(slow["val/loss:best high"]) == pytest.approx(mean + half, rel=1e-9)
+    # the rerun repeats seed 0 exactly: the group's mean over seeds is the three seeds' mean
+    assert float(fast["val/loss:best mean"]) == pytest.approx(statistics.fmean(b), rel=1e-12)
+
+    code, out, _ = cli("compare", "--experiment", "seeds", "--tracking-uri", uri)
+    assert "10 runs in 3 groups (mean ± std over seeds)" in " ".join(out.split())
+    headers, table = parse_table(out)
+    assert headers[:3] == ["n", "seeds", "data. eval_batch_size"] and "vs best" in headers and "95% CI" in headers
+    assert [r[headers.index("vs best")] for r in table] == ["best", "within noise (p=1)", f"worse (p={p:.2g})"]

@@ -38,7 +38,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 def label(v: float) -> str:
     """A tick's text: up to 4 significant digits, exponents only for very small or large values."""
-    if v == 0 or 1e-3 <= abs(v) < 1e5:
+    if v == 0 or 1e-4 <= abs(v) < 1e5:
         return f"{v:.4g}"
     return f"{v:.0e}"
 

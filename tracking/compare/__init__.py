@@ -1,19 +1,10 @@
 """``retort compare``: the runs side by side, as a terminal table, CSV, or a self-contained HTML report.
 
-The table shows only the params that differ between the runs and, for each metric, its last and best
-value (``--summary`` picks one of last, best, min, max). "Best" is the minimum for metrics whose name
-contains loss, mse, mae, rmse or mape and the maximum otherwise; a sweep's own metric follows the
-sweep's direction. ``test/*`` metrics are written once per run, so they get one column. Rows sort by
-the sweep's metric (its last value: what the sweep tells Optuna), else the first ``--metric``, else
-the best ``val/loss``; runs that did not finish (pruned, failed) come after those that did. Runs that
-differ only by seed fold into one row: the mean and sample standard deviation (n-1) of each value.
-
-Speed: one ``search_runs`` page (1000 runs) gives every run's params, tags and *last* metric values.
-Best, min and max need the metric history, but never one call per run: on an SQL store (SQLite,
-PostgreSQL, MySQL) one ``GROUP BY`` query per 500 runs reads MIN and MAX of the displayed metrics from
-MLflow's ``metrics`` table, read-only; on any other store (an MLflow tracking server) the histories of
-the displayed metrics only are read, eight requests at a time. The HTML report reads whole histories of
-the curve metrics the same two ways.
+The command (this module: its help, arguments and ``main``) and its parts, one question each:
+:mod:`.select` which runs; :mod:`.values` their metric values (last, min, max, best) read in bulk;
+:mod:`.table` the comparison (the params that differ, rows of runs or seed groups, their order, columns);
+:mod:`.seeds` a group's spread over seeds and whether two groups differ beyond seed noise; :mod:`.output`
+the terminal table fitted to its width, and CSV. The report is :mod:`retort.tracking.report`.
 """
 
 from __future__ import annotations
@@ -60,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default: on when some runs differ only by seed)")
     group.add_argument("--no-group-by-seed", dest="group_by_seed", action="store_false",
                        help="one row per run")
+    parser.add_argument("--wide", action="store_true",
+                        help="every column, full run ids and values, however wide (default: fit the terminal, "
+                             "120 columns on a pipe)")
+    parser.add_argument("--descriptive", action="store_true",
+                        help="count descriptive fields (name, description, sweep.*, tracking.*) as params that "
+                             "differ and group by them (default: they never do)")
     parser.add_argument("--csv", nargs="?", const="-", metavar="FILE",
                         help="write CSV instead of the table (to FILE, or to standard output)")
     parser.add_argument("--html", metavar="FILE",
@@ -89,7 +86,7 @@ def _main(args: argparse.Namespace) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     sel = select(uri, args.run_ids, args.experiment, args.sweep, quiet=args.quiet)
-    cmp = compare(sel, args.metric, args.summary, args.group_by_seed)
+    cmp = compare(sel, args.metric, args.summary, args.group_by_seed, with_descriptive=args.descriptive)
     if args.html:
         from retort.tracking.report import write_report
 
@@ -110,5 +107,5 @@ def _main(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"csv: {args.csv}", file=sys.stderr)
     else:
-        print_table(cmp)
+        print_table(cmp, wide=args.wide)
     return 0

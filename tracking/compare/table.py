@@ -3,18 +3,21 @@ and cells.
 
 Rows sort by the sweep's metric (its last value: what the sweep tells Optuna), else the first ``--metric``,
 else the best ``val/loss``; runs that did not finish (pruned, failed) come after those that did. Runs that
-differ only by seed fold into one row: the mean and sample standard deviation (n-1) of each value.
+differ only by seed fold into one row (:mod:`.seeds`): per metric the mean over seeds, their sample standard
+deviation (n-1) and a confidence interval, and for the sorting metric how each group compares with the best
+one, seed by seed. Descriptive params (name, description, ``sweep.*``, ``tracking.*``) neither differ nor
+group unless asked.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from retort.plugins.errors import RecipeError
+from retort.tracking.compare import seeds
 from retort.tracking.compare.select import Run, Selection
 from retort.tracking.compare.values import default_metrics, extremes, lower_is_better, written_once
 from retort.tracking.vocabulary import Metric, Param
@@ -29,7 +32,7 @@ class Column:
     kind: str  # run_id, name, state, experiment, param, seeds, n, run_ids, metric
     metric: str | None = None
     summary: str | None = None
-    stat: str | None = None  # mean | std for grouped metric columns
+    stat: str | None = None  # mean | std | low | high (the confidence interval) for grouped metric columns
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Comparison:
     values: dict[tuple[str, str, str], float]  # (run_id, metric, summary) -> value
     rows: list[list[Run]]  # one list of runs per row (one run unless grouped), sorted
     columns: list[Column] = field(default_factory=list)
+    verdicts: list[seeds.Verdict | None] = field(default_factory=list)  # per row: against the first (best) row
+    _spreads: dict[tuple[int, str, str], seeds.Spread] = field(default_factory=dict, repr=False)
 
     def value(self, run: Run, metric: str, summary: str) -> float | None:
         return self.values.get((run.run_id, metric, summary))
@@ -53,11 +58,26 @@ class Comparison:
         found = [self.value(r, metric, summary) for r in row]
         return [v for v in found if v is not None and not math.isnan(v)]
 
+    def by_seed(self, row: list[Run], metric: str, summary: str) -> dict[str | None, float]:
+        """A row's value of ``metric`` per seed (repeats of a seed averaged)."""
+        found: dict[str | None, list[float]] = {}
+        for r in row:
+            v = self.value(r, metric, summary)
+            if v is not None:
+                found.setdefault(r.seed, []).append(v)
+        return seeds.per_seed(found)
+
+    def spread(self, row: list[Run], metric: str, summary: str) -> seeds.Spread:
+        """A row's mean, std and confidence interval of ``metric`` over its seeds (computed once)."""
+        key = (id(row), metric, summary)
+        if key not in self._spreads:
+            self._spreads[key] = seeds.spread(self.by_seed(row, metric, summary))
+        return self._spreads[key]
+
     def sort_value(self, row: list[Run]) -> float | None:
         if self.sort_metric is None:
             return None
-        values = self.row_values(row, self.sort_metric, self.sort_summary)
-        return statistics.fmean(values) if values else None
+        return self.spread(row, self.sort_metric, self.sort_summary).mean
 
     @property
     def best_run(self) -> Run | None:
@@ -75,15 +95,22 @@ class Comparison:
 LABELS = (Param.RUN_NAME,)  # params that only name a run (shown as its name), never compared
 
 
-def _differing(runs: Sequence[Run]) -> list[str]:
+def descriptive(param: str) -> bool:
+    """Whether a param only describes a run (its name, description, sweep section, tracking settings)."""
+    return param in Param.DESCRIPTIVE or param.startswith(Param.DESCRIPTIVE_PREFIXES)
+
+
+def _differing(runs: Sequence[Run], with_descriptive: bool = False) -> list[str]:
     runs = [r for r in runs if r.params] or list(runs)  # a run without params (a sweep's parent) differs in all
     keys = sorted({k for r in runs for k in r.params} - set(LABELS))
+    keys = [k for k in keys if with_descriptive or not descriptive(k)]
     return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
 
 
 def compare(sel: Selection, metrics: Sequence[str] = (), summary: str | None = None,
-            group_by_seed: bool | None = None, backend: str = "auto") -> Comparison:
-    """The comparison of ``sel``'s runs: columns, values, rows sorted best first."""
+            group_by_seed: bool | None = None, backend: str = "auto", with_descriptive: bool = False) -> Comparison:
+    """The comparison of ``sel``'s runs: columns, values, rows sorted best first. Descriptive params count
+    (as differing params, and in grouping) only ``with_descriptive``."""
     runs = sel.runs
     have = sorted({k for r in runs for k in r.last})
     for m in metrics:
@@ -124,7 +151,7 @@ def compare(sel: Selection, metrics: Sequence[str] = (), summary: str | None = N
                 values[(r.run_id, m, "min")], values[(r.run_id, m, "max")] = lo_hi
                 values[(r.run_id, m, "best")] = lo_hi[0] if direction[m] == "minimize" else lo_hi[1]
 
-    params = _differing(runs)
+    params = _differing(runs, with_descriptive)
     keyed = [p for p in params if p != Param.SEED]
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for r in runs:  # a run without params (a sweep's parent) is a group of its own
@@ -149,6 +176,10 @@ def compare(sel: Selection, metrics: Sequence[str] = (), summary: str | None = N
             return (unfinished, v is None, sign * v if v is not None else 0.0, min(r.start_time for r in row))
 
         cmp.rows.sort(key=key)
+        if grouped and len(cmp.rows) > 1:
+            best = cmp.by_seed(cmp.rows[0], sort_metric, sort_summary)
+            cmp.verdicts = [None] + [seeds.verdict(cmp.by_seed(row, sort_metric, sort_summary), best,
+                                                   direction[sort_metric]) for row in cmp.rows[1:]]
     cmp.columns = _columns(cmp)
     return cmp
 
@@ -177,10 +208,12 @@ def _columns(cmp: Comparison) -> list[Column]:
             key = m if written_once(m) else f"{m}:{s}"
             header = m if written_once(m) else f"{m}\n{s}"
             if cmp.grouped:
-                cols += [Column(f"{key} mean", header, "metric", m, s, "mean"),
-                         Column(f"{key} std", header, "metric", m, s, "std")]
+                cols += [Column(f"{key} {stat}", header, "metric", m, s, stat)
+                         for stat in ("mean", "std", "low", "high")]
             else:
                 cols.append(Column(key, header, "metric", m, s))
+            if cmp.verdicts and m == cmp.sort_metric and s == cmp.sort_summary:
+                cols.append(Column("vs best", "vs best", "verdict", m, s))
     if cmp.grouped:
         cols.append(Column("run_ids", "run ids", "run_ids"))
     return cols
@@ -203,18 +236,21 @@ def _cell(cmp: Comparison, row: list[Run], col: Column) -> Any:
     if col.kind == "param":
         return first.params.get(col.key, "")
     if col.kind == "n":
-        return len(row)
+        return len({r.seed for r in row})
     if col.kind == "seeds":
-        return ", ".join("-" if r.seed is None else str(r.seed) for r in row)
+        counts: dict[str | None, int] = {}
+        for r in row:
+            counts[r.seed] = counts.get(r.seed, 0) + 1
+        return ", ".join(("-" if s is None else str(s)) + (f" ×{k}" if k > 1 else "") for s, k in counts.items())
     if col.kind == "run_ids":
         return " ".join(r.run_id for r in row)
+    if col.kind == "verdict":
+        verdict = cmp.verdicts[next(i for i, r in enumerate(cmp.rows) if r is row)]
+        return "best" if verdict is None else str(verdict)
     assert col.metric and col.summary
     if not cmp.grouped:
         return cmp.value(first, col.metric, col.summary)
-    values = cmp.row_values(row, col.metric, col.summary)
-    if col.stat == "mean":
-        return statistics.fmean(values) if values else None
-    return statistics.stdev(values) if len(values) > 1 else None
+    return getattr(cmp.spread(row, col.metric, col.summary), col.stat or "mean")
 
 
 def table_rows(cmp: Comparison) -> list[list[Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from retort.tracking.axes import axis
 from retort.tracking.compare import Comparison, Run, histories, written_once
+from retort.tracking.compare.output import fmt_param
 from retort.tracking.vocabulary import Tag
 
 MAX_POINTS = 200  # per series: longer histories are averaged into this many buckets
@@ -56,10 +57,12 @@ def _downsample(points: list[tuple[int, float]]) -> list[tuple[float, float]]:
 
 
 def _row_label(cmp: Comparison, row: list[Run]) -> str:
+    """A legend entry: a run's name and short id, or a group's params (4 significant digits) and seed count."""
     if not cmp.grouped:  # names can repeat (MLflow draws them from a seeded random generator): add the id
-        return f"{row[0].name} {row[0].run_id[:8]}" if row[0].name else row[0].run_id
-    words = [f"{p}={row[0].params.get(p, '')}" for p in cmp.params]
-    return (" ".join(words) or "all runs") + f" (n={len(row)})"
+        return f"{row[0].name} · {row[0].run_id[:8]}" if row[0].name else row[0].run_id
+    words = [f"{p} {fmt_param(str(row[0].params.get(p, '')))}" for p in cmp.params]
+    n = len({r.seed for r in row})
+    return (", ".join(words) or "all runs") + f" · {n} seed{'s' if n != 1 else ''}"
 
 
 def _fold(series: list[list[tuple[float, float]]]) -> dict[str, list[float | None]]:
@@ -225,10 +228,10 @@ def gather(cmp: Comparison) -> dict[str, Any]:
         }
         trials = data["sweep"]["trials"]
         data["sweep"]["history"] = {"x": axis([t["number"] for t in trials], integer=True),
-                                    "y": axis([t["value"] for t in trials], log=False)}
+                                    "y": axis([t["value"] for t in trials], n=5, log=False)}
         points = [p for t in trials for p in t["points"]]
         data["sweep"]["intermediate"] = {"x": axis([x for x, _ in points], integer=True),
-                                         "y": axis([y for _, y in points], log=False)}
+                                         "y": axis([y for _, y in points], n=5, log=False)}
     return data
 
 
@@ -240,7 +243,7 @@ def _curve_axes(metric: str, series: list[dict[str, Any]]) -> dict[str, Any]:
           for v in (m, m - (sd or 0.0), m + (sd or 0.0))]
     log = bool(ys) and min(ys) > 0 and max(ys) / min(ys) > 30
     per_epoch = "epoch" in metric or metric.startswith(("val/", "test/"))
-    return {"x": axis(xs, integer=True), "y": axis(ys, log=log), "xlabel": "epoch" if per_epoch else "step"}
+    return {"x": axis(xs, integer=True), "y": axis(ys, n=5, log=log), "xlabel": "epoch" if per_epoch else "step"}
 
 
 def _title(cmp: Comparison) -> str:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import html
 import json
-import statistics
 from functools import cache
 from importlib.resources import files
 from string import Template
 from typing import Any
 
 from retort.tracking.compare import Comparison, fmt, fmt_mean_std, written_once
+from retort.tracking.compare.output import fmt_param
+from retort.tracking.compare.seeds import LEVEL
+from retort.tracking.compare.table import _cell
 from retort.tracking.report.data import recipe_text
 
 
@@ -49,21 +51,32 @@ def _runs_table(cmp: Comparison, data: dict[str, Any]) -> str:
 def _groups_table(cmp: Comparison, data: dict[str, Any]) -> str:
     if not cmp.grouped:
         return ""
-    out = ["<h2>Groups: mean ± std over seeds</h2><table class='runs'><thead><tr><th>group</th><th>n</th>"]
+    level = f"{LEVEL:.0%}"
+    out = [f"<h2>Groups: mean ± std over seeds</h2><p class='note'>n counts seeds (repeats of a seed, such as "
+           f"reruns, are averaged into one value); [low, high]: the {level} confidence interval of the mean. "
+           f"vs best: a paired t-test, seed by seed, of each group's {_e(cmp.sort_metric)} against the first "
+           f"group's, at p &lt; {1 - LEVEL:.2g}.</p>"
+           "<table class='runs'><thead><tr><th>group</th><th>n</th><th>seeds</th>"]
     out += [f"<th>{_e(p)}</th>" for p in cmp.params]
     keys = [(m, s) for m in cmp.metrics for s in cmp.summaries[m]]
     out += [f"<th class='num'>{_e(m if written_once(m) else f'{m} {s}')}</th>" for m, s in keys]
+    if cmp.verdicts:
+        out.append("<th>vs best</th>")
     out.append("</tr></thead><tbody>")
+    seeds = next(c for c in cmp.columns if c.kind == "seeds")
     for i, row in enumerate(cmp.rows):
         g = data["groups"][i]
         out.append(f"<tr><td><span class='swatch' style='background:{g['color']}'></span>{i + 1}</td>"
-                   f"<td>{len(row)}</td>")
+                   f"<td>{len({r.seed for r in row})}</td><td>{_e(_cell(cmp, row, seeds))}</td>")
         out += [f"<td>{_e(row[0].params.get(p))}</td>" for p in cmp.params]
         for m, s in keys:
-            vals = cmp.row_values(row, m, s)
-            mean = statistics.fmean(vals) if vals else None
-            std = statistics.stdev(vals) if len(vals) > 1 else None
-            out.append(f"<td class='num'>{_e(fmt_mean_std(mean, std))}</td>")
+            sp = cmp.spread(row, m, s)
+            ci = "" if sp.low is None else f" [{fmt(sp.low)}, {fmt(sp.high)}]"
+            out.append(f"<td class='num'>{_e(fmt_mean_std(sp.mean, sp.std) + ci)}</td>")
+        if cmp.verdicts:
+            verdict = cmp.verdicts[i]
+            word = "best" if verdict is None else str(verdict)
+            out.append(f"<td class='verdict {_e(word.split()[0])}'>{_e(word)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -117,7 +130,7 @@ def render(cmp: Comparison, data: dict[str, Any]) -> str:
         key = f"{cmp.sort_metric}|{cmp.sort_summary}"
         best_line = (f"<p class='bestline'>Best run: <b>{_e(best['name'])}</b> <code>{_e(best['id'])}</code>, "
                      f"{_e(cmp.sort_metric)} {_e(cmp.sort_summary)} = {_e(fmt(best['values'].get(key)))}"
-                     + "".join(f", {_e(p)} = {_e(v)}" for p, v in best["params"].items()) + "</p>")
+                     + "".join(f", {_e(p)} = {_e(fmt_param(str(v)))}" for p, v in best["params"].items()) + "</p>")
     sweep_html = ""
     if sweep is not None:
         sweep_html = ("<h2>Sweep</h2><div class='grid'><div class='card' id='history'></div>"
