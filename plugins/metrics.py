@@ -79,13 +79,17 @@ class _OutputMean(WrapperMetric):
 
 # --- classification -----------------------------------------------------------------------------
 
+def _for_task(info: DataInfo, name: str, cls: type, **options: Any) -> torchmetrics.Metric:
+    """torchmetrics' task class ``cls`` (``Accuracy``, ``F1Score``, ...) for the data's task: its binary
+    metric, or its multiclass metric over the data's classes (``num_classes`` and ``average`` go to it only)."""
+    _require(info, name)
+    return cls(task=info.task, num_classes=info.n_outputs, **options)
+
+
 @register("metric", "accuracy", tasks=CLASSIFICATION)
 def accuracy(info: DataInfo) -> torchmetrics.Metric:
     """Fraction of rows whose predicted class (argmax; binary: p > 0.5) is the target."""
-    _require(info, "accuracy")
-    if info.task == "binary":
-        return tmc.BinaryAccuracy()
-    return tmc.MulticlassAccuracy(num_classes=info.n_outputs, average="micro")
+    return _for_task(info, "accuracy", torchmetrics.Accuracy, average="micro")
 
 
 @register("metric", "balanced_accuracy", tasks=CLASSIFICATION)
@@ -97,65 +101,46 @@ def balanced_accuracy(info: DataInfo) -> torchmetrics.Metric:
     return tmc.MulticlassRecall(num_classes=info.n_outputs, average="macro")
 
 
-def _averaged(info: DataInfo, name: str, binary: type, multiclass: type, average: str) -> torchmetrics.Metric:
-    _require(info, name)
-    if info.task == "binary":
-        return binary()
-    return multiclass(num_classes=info.n_outputs, average=average)
-
-
 @register("metric", "f1", tasks=CLASSIFICATION)
 def f1(info: DataInfo, *, average: Average = "macro") -> torchmetrics.Metric:
     """F1 score 2PR/(P+R), classes averaged by average=macro; binary: of class 1 (average ignored)."""
-    return _averaged(info, "f1", tmc.BinaryF1Score, tmc.MulticlassF1Score, average)
+    return _for_task(info, "f1", torchmetrics.F1Score, average=average)
 
 
 @register("metric", "precision", tasks=CLASSIFICATION)
 def precision(info: DataInfo, *, average: Average = "macro") -> torchmetrics.Metric:
     """Precision TP/(TP+FP), classes averaged by average=macro; binary: of class 1 (average ignored)."""
-    return _averaged(info, "precision", tmc.BinaryPrecision, tmc.MulticlassPrecision, average)
+    return _for_task(info, "precision", torchmetrics.Precision, average=average)
 
 
 @register("metric", "recall", tasks=CLASSIFICATION)
 def recall(info: DataInfo, *, average: Average = "macro") -> torchmetrics.Metric:
     """Recall TP/(TP+FN), classes averaged by average=macro; binary: of class 1 (average ignored)."""
-    return _averaged(info, "recall", tmc.BinaryRecall, tmc.MulticlassRecall, average)
+    return _for_task(info, "recall", torchmetrics.Recall, average=average)
 
 
 @register("metric", "auroc", tasks=CLASSIFICATION)
 def auroc(info: DataInfo) -> torchmetrics.Metric:
     """Area under the ROC curve from probabilities; multiclass: one-vs-rest, macro average."""
-    _require(info, "auroc")
-    if info.task == "binary":
-        return tmc.BinaryAUROC()
-    return tmc.MulticlassAUROC(num_classes=info.n_outputs, average="macro")
+    return _for_task(info, "auroc", torchmetrics.AUROC, average="macro")
 
 
 @register("metric", "average_precision", tasks=CLASSIFICATION)
 def average_precision(info: DataInfo) -> torchmetrics.Metric:
     """Average precision Σ (R_k − R_{k−1}) P_k (area under the PR curve); multiclass: one-vs-rest, macro."""
-    _require(info, "average_precision")
-    if info.task == "binary":
-        return tmc.BinaryAveragePrecision()
-    return tmc.MulticlassAveragePrecision(num_classes=info.n_outputs, average="macro")
+    return _for_task(info, "average_precision", torchmetrics.AveragePrecision, average="macro")
 
 
 @register("metric", "mcc", tasks=CLASSIFICATION)
 def mcc(info: DataInfo) -> torchmetrics.Metric:
     """Matthews correlation coefficient of predicted and true classes, in [−1, 1]."""
-    _require(info, "mcc")
-    if info.task == "binary":
-        return tmc.BinaryMatthewsCorrCoef()
-    return tmc.MulticlassMatthewsCorrCoef(num_classes=info.n_outputs)
+    return _for_task(info, "mcc", torchmetrics.MatthewsCorrCoef)
 
 
 @register("metric", "cohen_kappa", tasks=CLASSIFICATION)
 def cohen_kappa(info: DataInfo) -> torchmetrics.Metric:
     """Cohen's kappa (p_o − p_e)/(1 − p_e): agreement of predicted and true classes beyond chance."""
-    _require(info, "cohen_kappa")
-    if info.task == "binary":
-        return tmc.BinaryCohenKappa()
-    return tmc.MulticlassCohenKappa(num_classes=info.n_outputs)
+    return _for_task(info, "cohen_kappa", torchmetrics.CohenKappa)
 
 
 # --- regression ---------------------------------------------------------------------------------

@@ -314,14 +314,24 @@ def interrupted(args: argparse.Namespace, exc: Interrupted) -> str:
             f"with:\n  retort run --resume {exc.run_id}{store}")
 
 
+def run_exit_handlers() -> None:
+    """Run the functions registered with :mod:`atexit` now, as the interpreter would at its exit.
+
+    MLflow and Lightning close runs and files in them. :func:`leave` ends with ``os._exit``, which skips
+    them along with the slow teardown; CPython's private ``atexit._run_exitfuncs`` is the only way to run
+    them first (and it unregisters each, so none runs twice)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+
+
 def leave(code: int) -> None:
     """End the process now with ``code``: exit handlers run and output is flushed, but the interpreter's
     teardown of torch, Lightning and MLflow (about 2 s on 2 cores, after everything is recorded and closed)
     is skipped."""
-    import atexit
     import logging
 
-    atexit._run_exitfuncs()
+    run_exit_handlers()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe

@@ -136,6 +136,16 @@ class BestWeights(pl.Callback):
         return path
 
 
+def forget_lightning_sigterm(trainer: pl.Trainer) -> None:
+    """Make Lightning forget the SIGTERM it just saw.
+
+    Lightning's own SIGTERM handler runs before retort's and sets the private
+    ``trainer._signal_connector.received_sigterm``, on which the loop exits at the batch's end without a
+    checkpoint; retort stops at the next batch start instead, with one. Lightning has no public way to
+    decline its handling."""
+    trainer._signal_connector.received_sigterm = False
+
+
 class SignalGuard:
     """SIGINT/SIGTERM during training ask the loop to stop at the next batch boundary, with a checkpoint
     to resume from; outside training, or a second signal, interrupt at once."""
@@ -150,7 +160,7 @@ class SignalGuard:
             self.signum = signum
             # Lightning sees SIGTERM too (its handler runs before this one) and would exit at the batch's end
             # without a checkpoint; retort stops at the next batch start instead, with one
-            self.trainer._signal_connector.received_sigterm = False
+            forget_lightning_sigterm(self.trainer)
             return
         raise Interrupted(signum)
 

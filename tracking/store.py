@@ -4,7 +4,6 @@ existing one."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 from pathlib import Path
@@ -73,8 +72,10 @@ def prepare_store(uri: str) -> None:
     lock_path = path.with_name(path.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        from filelock import FileLock
+
+        lock_path.touch()  # a folder where no file can be made fails here (FileLock would wait on it forever)
+        with FileLock(lock_path):  # a waiter whose lock file was removed meanwhile locks a fresh one
             if path.exists():
                 _open(uri)  # migrates a store made by an older MLflow
             else:
