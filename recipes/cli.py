@@ -45,6 +45,7 @@ COMMAND_MODULES = {  # command -> module with HELP, EXAMPLES, add_arguments(pars
     "lr-find": "retort.recipes.tune_lr",
     "batch-size": "retort.recipes.tune_batch",
     "rerun": "retort.recipes.rerun",
+    "predict": "retort.recipes.predict",
     "compare": "retort.tracking.compare",
     "ui": "retort.tracking.ui",
 }

@@ -208,6 +208,8 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
             monitor and monitor.stop()
             if result.best_checkpoint:
                 record.log_artifact(result.best_checkpoint, "checkpoints")
+            if built.recipe.tracking["log_model"]:
+                _log_model(record, built, tmp)
             record.flush()
             loss_curves(record, tmp / "loss.svg")
             record.finish("FINISHED")
@@ -271,6 +273,27 @@ def _record_code(record: Any, code: list[Any]) -> None:
             entry["artifact"] = f"code/{name}"
         manifest.append(entry)
     record.log_text(json.dumps(manifest, indent=1), "code/imports.json")
+
+
+def _log_model(record: Any, built: Built, tmp: Path) -> None:
+    """The tested weights as an MLflow pyfunc model (artifact ``model/``), with the data's preprocessing; a
+    data set that supplies none (``preprocess``) gets no model."""
+    from retort.tracking import model
+
+    preprocess = getattr(built.splits, "preprocess", None) or getattr(built.table, "preprocess", None)
+    if preprocess is None:
+        return
+    info, recipe = built.splits.info, built.recipe
+    preprocess.task, preprocess.class_names = info.task, info.class_names
+    preprocess.outputs = "probabilities" if recipe.model["head"] != "none" else \
+        "values" if info.task == "regression" else "logits"
+    scaler = getattr(built.splits, "target_scaler", None)
+    preprocess.target_scaler = None if scaler is None else tuple(t.double().numpy() for t in scaler)
+    code = [(Path(c.path).name, c.text) for c in recipe.code if c.kind == "file"]
+    modules = [c.given for c in recipe.code if c.kind == "module"]
+    folder = model.save(tmp / "model", net=built.module.net, spec=recipe.spec("model"), info=info,
+                        head=recipe.model["head"], preprocess=preprocess, code=code, modules=modules)
+    record.log_artifacts(folder, "model")
 
 
 def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:

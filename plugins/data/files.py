@@ -169,7 +169,7 @@ def csv_file(
         raw = np.asarray([c.strip() for c in cells])
     y, task, class_names = _target(raw, task, f"column {target!r} of {full}", "target", lines)
     name = os.path.splitext(os.path.basename(full))[0]
-    return Table(x.astype(np.float32), y, task, name, None, class_names, full)
+    return Table(x.astype(np.float32), y, task, name, None, class_names, full, list(features))
 
 
 def _is_number(cell: str) -> bool:

@@ -103,6 +103,7 @@ def prepare(
     train_idx, val_idx = _split(rest, table.y, n_val, seed, stratify, "val_fraction")
 
     x = table.x.astype(np.float64)
+    offset = divisor = None
     if scale != "none":
         offset, divisor = _scaler(x[train_idx], scale)
         x = (x - offset) / divisor
@@ -130,4 +131,9 @@ def prepare(
         n_test=len(test_idx),
         class_names=table.class_names,
     )
-    return Splits(part(train_idx), part(val_idx), part(test_idx), info, table_digest(table), target_scaler)
+    from retort.plugins.preprocess import TablePreprocess
+
+    names = table.features or [f"x{j}" for j in range(table.x.shape[1])]
+    preprocess = TablePreprocess(names, offset, divisor, table.x[train_idx[:5]])
+    return Splits(part(train_idx), part(val_idx), part(test_idx), info, table_digest(table), target_scaler,
+                  preprocess)

@@ -4,6 +4,7 @@ scikit-learn's bundled sets and seeded synthetic ones."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ class Table:
     image_shape: tuple[int, int, int] | None = None
     class_names: list[str] | None = None
     source: str = "synthetic"
+    features: list[str] | None = None  # column names (default x0, x1, ...), the trained model's input names
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Splits:
     info: DataInfo
     digest: str
     target_scaler: tuple[torch.Tensor, torch.Tensor] | None = None
+    preprocess: Any = None  # plugins.preprocess.Preprocess: raw inputs to the model's, saved with the model
 
     def unscale_target(self, y: torch.Tensor) -> torch.Tensor:
         if self.target_scaler is None:
@@ -86,7 +89,8 @@ def _sklearn(loader_name: str, name: str, task: str, image_shape=None) -> Table:
     else:
         y = np.asarray(bunch.target, dtype=np.int64)
         class_names = [str(c) for c in bunch.target_names]
-    return Table(x, y, task, name, image_shape, class_names, f"sklearn:{name}")
+    features = [str(f) for f in bunch.feature_names] if "feature_names" in bunch else None
+    return Table(x, y, task, name, image_shape, class_names, f"sklearn:{name}", features)
 
 
 @register("data", "digits")

@@ -1,0 +1,153 @@
+"""The trained model back out: an MLflow pyfunc per run, loaded in a fresh process, and `retort predict`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retort import recipes
+from retort.recipes.cli import main
+from tests.conftest import all_runs, retort
+
+FAST = ["trainer.max_epochs=3", "model.hidden=[16]"]
+
+# Loads the run's model in a fresh Python (nothing of retort imported first), predicts the test split's raw
+# rows (the run's own split, unscaled: the model scales them itself) and prints the accuracy it scores.
+FRESH = """
+import json, sys
+import mlflow, numpy as np
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(f"runs:/{sys.argv[2]}/model")
+from retort import plugins
+from retort.plugins.data import prepare
+table = plugins.build("data", json.loads(sys.argv[3]))
+split = prepare(table, val_fraction=0.2, test_fraction=0.2, seed=0, scale="none")
+x, y = split.test
+columns = model.metadata.get_input_schema().input_names()
+import pandas as pd
+out = model.predict(pd.DataFrame(x.numpy(), columns=columns))
+names = np.asarray(split.info.class_names)
+print(json.dumps({"accuracy": float(np.mean(out["prediction"].to_numpy() == names[y.numpy()])),
+                  "columns": list(out.columns), "inputs": columns[:3], "rows": len(out)}))
+"""
+
+
+def fresh(uri: str, run_id: str, data: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", FRESH, uri, run_id, json.dumps(data)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, data", [
+    ("digits-mlp", {"name": "digits"}),
+    ("breast-cancer", {"name": "breast_cancer"}),
+])
+def test_the_model_loaded_in_a_fresh_process_scores_the_runs_test_accuracy(workdir: Path, client, recipe, data):
+    result = recipes.run(recipes.load(recipe, FAST if recipe == "digits-mlp" else ["trainer.max_epochs=3"]),
+                         quiet=True)
+    run = client.get_run(result.run_id)
+    files = {f.path for f in client.list_artifacts(result.run_id, "model")}
+    assert files == {"model/MLmodel", "model/data", "model/input_example.json", "model/python_env.yaml",
+                     "model/requirements.txt", "model/serving_input_example.json"}
+    got = fresh(f"sqlite:///{workdir / 'mlflow.db'}", result.run_id, data)
+    assert got["accuracy"] == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-6)  # float32 metric
+    if recipe == "digits-mlp":
+        assert got["rows"] == 360 and got["inputs"] == ["pixel_0_0", "pixel_0_1", "pixel_0_2"]
+        assert got["columns"] == ["prediction"] + [f"probability_{c}" for c in range(10)]
+    else:
+        assert got["rows"] == 114 and got["columns"] == ["prediction", "probability_malignant", "probability_benign"]
+
+
+def _regression_table(path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 2)) * [1.0, 10.0] + [5.0, -3.0]
+    y = 3 * x[:, 0] - 0.2 * x[:, 1] + 100
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.float32))
+
+
+def test_predict_writes_predictions_in_the_datas_units(workdir: Path, client, capsys):
+    from retort import plugins
+    from retort.plugins.data import prepare
+
+    _regression_table(workdir / "reg.npz")
+    recipe = recipes.load("diabetes-mse", ["data={name: npz, path: reg.npz, target_scale: standard}",
+                                           "trainer.max_epochs=30", "model.hidden=[8]", "metrics=[mse]"])
+    result = recipes.run(recipe, quiet=True)
+    assert main(["predict", result.run_id, "reg.npz", "-o", "out.csv"]) == 0
+    assert capsys.readouterr().out == ""
+    import pandas as pd
+
+    out = pd.read_csv(workdir / "out.csv")
+    assert list(out.columns) == ["prediction"] and len(out) == 200
+    split = prepare(plugins.build("data", {"name": "npz", "path": "reg.npz"}), val_fraction=0.2, test_fraction=0.2,
+                    seed=0, scale="none", target_scale="standard")
+    full = np.load(workdir / "reg.npz")
+    index = [int(np.flatnonzero((full["x"] == row).all(axis=1))[0]) for row in split.test[0].numpy()]
+    mse = float(np.mean((out["prediction"].to_numpy()[index] - full["y"][index]) ** 2))
+    # predictions come back in the data's units; the run's test/mse is in the scaled units it trained in
+    std = float(split.target_scaler[1])
+    assert mse / std**2 == pytest.approx(client.get_run(result.run_id).data.metrics["test/mse"], rel=1e-4)
+
+
+def test_predict_reads_a_csv_by_its_header_and_writes_to_stdout(workdir: Path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3)).round(3)
+    label = np.where(x[:, 0] > 0, "up", "down")
+    (workdir / "d.csv").write_text("a,b,c,label\n" + "".join(f"{a},{b},{c},{t}\n" for (a, b, c), t in zip(x, label)))
+    (workdir / "new.csv").write_text("c,a,b\n0.5,2.0,1.0\n0.5,-2.0,1.0\n")  # any column order, no target
+    result = recipes.run(recipes.load("digits-mlp", ["data={name: csv, path: d.csv, target: label}",
+                                                     "trainer.max_epochs=40", "model.hidden=[8]", "optimizer.lr=0.05"]),
+                         quiet=True)
+    capsys.readouterr()
+    assert main(["predict", result.run_id, "new.csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "prediction,probability_down,probability_up"
+    assert [line.split(",")[0] for line in lines[1:]] == ["up", "down"]
+
+
+def test_bad_predict_input_is_one_line(workdir: Path, client, capsys):
+    result = recipes.run(recipes.load("iris-rmsprop", ["trainer.max_epochs=1", "tracking.log_model=false"]),
+                         quiet=True)
+    assert not any(f.path == "model" for f in client.list_artifacts(result.run_id))
+    (workdir / "x.csv").write_text("a,b\n1,2\n")
+
+    def error(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip()
+
+    assert error("predict", result.run_id, "x.csv") == (
+        f"error: RUN_ID: run {result.run_id} has no model: it ran with tracking.log_model: false, failed, or was "
+        "recorded by a retort without models")
+    assert error("predict", result.run_id, "nope.csv") == f"error: INPUT: {workdir / 'nope.csv'} does not exist"
+    assert error("predict", "0123abc", "x.csv").startswith("error: RUN_ID: no run '0123abc' in the store ")
+    with_model = recipes.run(recipes.load("iris-rmsprop", ["trainer.max_epochs=1"]), quiet=True)
+    assert error("predict", with_model.run_id, "x.csv") == (
+        f"error: INPUT: {workdir / 'x.csv'} lacks the feature column(s) sepal length (cm), sepal width (cm), petal "
+        "length (cm), petal width (cm); the model takes sepal length (cm), sepal width (cm), petal length (cm), "
+        "petal width (cm)")
+    assert len(all_runs(client)) == 2
+
+
+@pytest.mark.slow
+def test_an_own_code_model_loads_where_its_file_is_not(tmp_path: Path):
+    """The model carries the recipe's own files: a fresh process elsewhere loads and predicts with it."""
+    from tests.test_own_code import project
+
+    project(tmp_path / "work", "own_model_fresh")
+    out = retort("run", "work/my.yaml", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip().splitlines()[-1].split()[1]
+    (tmp_path / "work" / "mymodels.py").unlink()
+    predicted = retort("predict", run_id, "work/d.csv", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = predicted.stdout.strip().splitlines()
+    assert lines[0] == "prediction,probability_0,probability_1" and len(lines) == 121
