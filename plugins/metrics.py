@@ -237,3 +237,29 @@ for _name, _cls in list(vars(torchmetrics).items()):
     if isinstance(_cls, type) and issubclass(_cls, torchmetrics.Metric) and not inspect.isabstract(_cls):
         plugins.add("metric", f"torchmetrics.{_name}", _TorchmetricsClass(_cls), doc=_first_line(_cls),
                     origin="torchmetrics")
+
+
+class _Perplexity(torchmetrics.Metric):
+    """exp of the mean negative log-probability of the targets (from probabilities (N, C) and indices (N,))."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        p = preds.gather(1, target.reshape(-1, 1).long()).clamp_min(torch.finfo(preds.dtype).tiny)
+        self.nll += -p.double().log().sum()
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.nll / self.count).exp().float()
+
+
+@register("metric", "perplexity", tasks=("multiclass",))
+def perplexity(info: DataInfo) -> torchmetrics.Metric:
+    """exp(mean cross-entropy) of the targets: 1 is perfect, the number of classes is a uniform guess."""
+    _require(info, "perplexity")
+    return _Perplexity()

@@ -16,7 +16,8 @@ regression; the loss and the metrics decide what to do with them::
 
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from retort.plugins import PluginError, did_you_mean, register
 from retort.plugins.data import IMAGE_DATASETS, DataInfo
@@ -120,3 +121,128 @@ def cnn(
         layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(hidden, info.n_outputs))
     return nn.Sequential(*layers)
+
+
+# --- images of any size, and sequences ------------------------------------------------------------
+
+class _Block(nn.Module):
+    """ResNet's basic block: two 3×3 convolutions with batch norm, and the input added back (projected when
+    the stride or the width changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """Stem, stages of basic blocks (each stage after the first halves the resolution), global average pooling,
+    one Linear: any image size goes in. Rows of flattened images (N, C*H*W) are reshaped first."""
+
+    def __init__(self, image_shape: tuple[int, int, int], n_outputs: int, channels: list[int], blocks: int):
+        super().__init__()
+        self.image_shape = image_shape
+        layers: list[nn.Module] = [nn.Conv2d(image_shape[0], channels[0], 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+        c = channels[0]
+        for i, width in enumerate(channels):
+            for b in range(blocks):
+                layers.append(_Block(c, width, 2 if i > 0 and b == 0 else 1))
+                c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, n_outputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 2:
+            x = x.reshape(len(x), *self.image_shape)
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@register("model", "resnet")
+def resnet(
+    info: DataInfo,
+    *,
+    channels: list[int] = [16, 32, 64],  # noqa: B006 (a signature default is read, never mutated)
+    blocks: int = 1,
+) -> nn.Module:
+    """ResNet-style CNN for images of any size: 3×3 stem, basic blocks per width in [16, 32, 64], average pool."""
+    if info.image_shape is None:
+        raise PluginError(f"model 'resnet' needs images, but data {info.name!r} has none; use an image data set "
+                          f"(image_folder, shapes, {', '.join(IMAGE_DATASETS)}, npz of (N, H, W)), or model 'mlp'",
+                          field="name")
+    if not channels:
+        raise PluginError("channels needs at least one width", field="channels")
+    _check_widths("channels", channels)
+    _check_widths("blocks", [blocks])
+    return ResNet(info.image_shape, info.n_outputs, channels, blocks)
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                       dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+class _GPTBlock(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = _Attention(width, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    """Token and position embeddings, pre-norm blocks of causal self-attention and MLP, a final norm, and a head
+    that shares the token embedding's weights: token ids (B, T) -> next-token logits (B, T, vocab)."""
+
+    def __init__(self, vocab: int, block_size: int, layers: int, heads: int, width: int, dropout: float):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, width), nn.Embedding(block_size, width)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*(_GPTBlock(width, heads, dropout) for _ in range(layers)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.tokens.weight  # tied
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.shape[1]
+        h = self.drop(self.tokens(x) + self.positions(torch.arange(t, device=x.device)))
+        return self.head(self.norm(self.blocks(h)))
+
+
+@register("model", "gpt")
+def gpt(info: DataInfo, *, layers: int = 2, heads: int = 4, width: int = 64, dropout: float = 0.0) -> nn.Module:
+    """Small causal transformer (GPT-style): 2 blocks of 4-head attention and MLP, width 64, tied head."""
+    _check_widths("layers", [layers])
+    _check_widths("heads", [heads])
+    _check_dropout(dropout)
+    if width % heads:
+        raise PluginError(f"width ({width}) must be a multiple of heads ({heads})", field="width")
+    if info.task != "multiclass" or info.image_shape is not None:
+        raise PluginError(f"model 'gpt' needs sequences of token ids with next-token targets (data 'text', "
+                          f"'python_docs'), but data {info.name!r} is {info.task}", field="name")
+    return GPT(info.n_outputs, info.n_features, layers, heads, width, dropout)

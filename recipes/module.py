@@ -89,14 +89,15 @@ class RecipeData(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: Any, batch_size: int, shuffle: bool, drop_last: bool) -> TensorLoader | DataLoader:
+    def _loader(self, split: Any, batch_size: int, shuffle: bool, drop_last: bool,
+                augment: bool = True) -> TensorLoader | DataLoader:
         rank, world = self._rank()
         if isinstance(split, tuple):
             x, y = split
             return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=self.seed, drop_last=drop_last, rank=rank,
                                 world_size=world)
         return make_loader(split, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
-                           drop_last=drop_last, **self.loader_options)
+                           drop_last=drop_last, augment=augment, **self.loader_options)
 
     def train_dataloader(self) -> TensorLoader | DataLoader:
         self._train = self._loader(self.splits.train, self.batch_size, self.shuffle, self.drop_last)
@@ -105,7 +106,7 @@ class RecipeData(pl.LightningDataModule):
 
     def _eval(self, split: Any) -> TensorLoader | DataLoader | list[Any]:
         empty = split is None or (isinstance(split, tuple) and not len(split[0]))
-        return [] if empty else self._loader(split, self.eval_batch_size, False, False)
+        return [] if empty else self._loader(split, self.eval_batch_size, False, False, augment=False)
 
     def val_dataloader(self) -> TensorLoader | DataLoader | list[Any]:
         return self._eval(self.splits.val)

@@ -3,6 +3,9 @@ DDP with the distributed sampler, rows of .npy files read on demand, and data se
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +207,56 @@ def test_ddp_over_two_processes_shards_with_the_distributed_sampler(tmp_path: Pa
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["retort.world_size"] == "2"
     assert float(runs[0].data.metrics["test/accuracy"]) >= 0.9
+
+
+_UNDER_A_LIMIT = r"""
+import resource, sys
+import numpy as np
+from retort import recipes
+from retort.recipes.schema import resolve
+
+folder, small, uri = sys.argv[1:4]
+recipe = lambda path: resolve({"seed": 0, "data": {"name": "npy", "path": path, "batch_size": 1024,
+                                                   "eval_batch_size": 1024},
+                               "model": {"name": "linear"}, "loss": "logitbinarycrossentropy", "metrics": ["accuracy"],
+                               "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+                               "tracking": {"experiment": "limit", "checkpoint": False, "system_metrics": False}})
+recipes.run(recipe(small), tracking_uri=uri, quiet=True)  # every import and first-use cost, before the limit
+with open("/proc/self/status") as fh:
+    used = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+limit = used + (192 << 20)  # 192 MB more address space than the process holds now
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    np.load(f"{folder}/x.npy")
+    print("loaded into memory")
+except MemoryError:
+    print("too large to load")
+result = recipes.run(recipe(folder), tracking_uri=uri, quiet=True)
+print(f"trained: accuracy {result.metrics['test/accuracy']:.4f}")
+"""
+
+
+def _rows(folder: Path, rows: int, width: int) -> None:
+    """Two classes of float32 rows, written in chunks (never the whole array in this process's memory)."""
+    folder.mkdir()
+    x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=(rows, width))
+    y = np.arange(rows) % 2
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 2048):
+        stop = min(rows, start + 2048)
+        x[start:stop] = rng.standard_normal((stop - start, width), dtype=np.float32) + 0.2 * y[start:stop, None]
+    x.flush()
+    del x
+    np.save(folder / "y.npy", y)
+
+
+@pytest.mark.slow
+def test_rows_larger_than_the_memory_limit_train_read_on_demand(tmp_path: Path):
+    """384 MB of rows, with 192 MB of address space to spare: loading them fails, training on them does not."""
+    _rows(tmp_path / "big", 49152, 2048)
+    _rows(tmp_path / "small", 256, 2048)
+    out = subprocess.run([sys.executable, "-c", _UNDER_A_LIMIT, str(tmp_path / "big"), str(tmp_path / "small"),
+                          f"sqlite:///{tmp_path / 'mlflow.db'}"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-2:] == ["too large to load", "trained: accuracy 0.7605"]

@@ -47,12 +47,13 @@ class EpochSampler(DistributedSampler):
 
 
 class Seeded(Dataset):
-    """A map-style data set read by ``(epoch, index)`` keys; a ``sample(index, generator)`` method gets a
-    generator seeded from the recipe's seed, the epoch and the index."""
+    """A map-style data set read by ``(epoch, index)`` keys. With ``augment`` (training), a ``sample(index,
+    generator)`` method gets a generator seeded from the recipe's seed, the epoch and the index; evaluation
+    reads ``dataset[index]``."""
 
-    def __init__(self, dataset: Dataset, seed: int):
+    def __init__(self, dataset: Dataset, seed: int, augment: bool = True):
         self.dataset, self.seed = dataset, seed
-        self._sample = getattr(dataset, "sample", None)
+        self._sample = getattr(dataset, "sample", None) if augment else None
         self._generator: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -110,7 +111,8 @@ class Shard(IterableDataset):
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0,
                 world_size: int = 1, drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False,
-                persistent_workers: bool = False, prefetch_factor: int | None = None) -> DataLoader:
+                persistent_workers: bool = False, prefetch_factor: int | None = None,
+                augment: bool = True) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` in retort's seeded, sharded, resumable order.
 
     Its ``sampler`` (map-style) or ``dataset`` (iterable) has ``set_epoch(epoch)`` and ``skip(samples)``.
@@ -126,7 +128,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, 
         return DataLoader(Shard(dataset, rank, world_size), **options)  # type: ignore[arg-type]
     wrapper = SeededBatches if getattr(dataset, "reads_batches", False) else Seeded
     sampler = EpochSampler(length(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(wrapper(dataset, seed), sampler=sampler, **options)
+    return DataLoader(wrapper(dataset, seed, augment), sampler=sampler, **options)
 
 
 def start_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:

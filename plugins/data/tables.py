@@ -15,7 +15,7 @@ TASKS = ("multiclass", "binary", "regression")
 # An integer-valued target with at most this many distinct values is read as class labels (task "auto").
 MAX_AUTO_CLASSES = 20
 # Rows of image shape (C, H, W) that come with the built-in sets; named in models' error messages.
-IMAGE_DATASETS = ("digits",)
+IMAGE_DATASETS = ("digits", "image_folder", "shapes")
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""retort's data figures, each a ratio against a baseline measured in the same run.
+
+    scripts/bench data                 # about two minutes on 2 cores
+    scripts/bench data --scale 20      # the memory figure with 20 MB and 200 MB of rows
+
+Figures (goals from the issue; the bench reports, it never fails):
+- memory: peak resident set of a process that trains one epoch on ``.npy`` rows read on demand, at 10x the
+  rows over 1x (goal <= 1.10x); beside it the same with the rows memory-mapped (``np.load(mmap_mode="r")``)
+  and loaded into memory (npz), which is why retort reads rows with positioned reads.
+- on-demand speed: fit time of the same rows and model read on demand (DataLoader) over in memory (tensor
+  slices).
+- image DataLoader path: ``retort run`` fit time on shapes-resnet over a hand-written loop with the same
+  DataLoader settings (workers, batch size), model, loss, optimizer, validation pass (goal <= 1.05x), and
+  the time each step waits for data in both.
+A and B run alternately (A B A B ...) and the median of the per-pair ratios is quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a child process: train one epoch on the rows in FOLDER, read as HOW; print the peak resident set in MB
+_CHILD = r"""
+import resource, sys
+import numpy as np, torch
+from torch.utils.data import Dataset
+from retort import plugins, recipes
+from retort.plugins.data import Batch, DataSets
+from retort.recipes.schema import resolve
+
+folder, how, uri = sys.argv[1:4]
+
+class Mapped(Dataset):
+    reads_batches = True
+    def __init__(self):
+        self.x = np.load(f"{folder}/x.npy", mmap_mode="r")
+        self.y = torch.from_numpy(np.load(f"{folder}/y.npy"))
+    def __len__(self):
+        return len(self.x)
+    def __getitems__(self, idx):
+        return Batch((torch.from_numpy(self.x[np.asarray(idx)]), self.y[idx]))
+
+@plugins.register("data", "bench_mapped")
+def mapped() -> DataSets:
+    "Rows memory-mapped (the alternative measured)."
+    return DataSets(Mapped(), task="binary", name="mapped")
+
+data = {"on_demand": {"name": "npy", "path": folder}, "mapped": {"name": "bench_mapped"},
+        "in_memory": {"name": "npz", "path": f"{folder}.npz", "scale": "none"}}[how]
+recipe = resolve({"seed": 0, "data": {**data, "batch_size": 512, "eval_batch_size": 512},
+                  "model": {"name": "linear"}, "loss": "logitbinarycrossentropy",
+                  "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+                  "tracking": {"experiment": "bench-data", "checkpoint": False, "system_metrics": False}})
+recipes.run(recipe, tracking_uri=uri, quiet=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def write_rows(folder: Path, megabytes: int, width: int = 1024, npz: bool = False) -> None:
+    """``megabytes`` of float32 rows (two classes, shifted means) into folder/x.npy and folder/y.npy, in chunks."""
+    import numpy as np
+
+    rows = megabytes * 2**20 // (4 * width)
+    folder.mkdir(parents=True)
+    x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=(rows, width))
+    y = np.arange(rows) % 2
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 4096):
+        stop = min(rows, start + 4096)
+        x[start:stop] = rng.standard_normal((stop - start, width), dtype=np.float32) + y[start:stop, None] * 0.1
+    x.flush()
+    np.save(folder / "y.npy", y)
+    if npz:
+        np.savez(f"{folder}.npz", x=np.load(folder / "x.npy"), y=y)
+    del x
+
+
+def peak_rss(folder: Path, how: str, uri: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(folder), how, uri], capture_output=True, text=True,
+                         env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.split()[-1])
+
+
+def memory(tmp: Path, scale: int, uri: str) -> list[dict]:
+    small, large = tmp / "rows1x", tmp / "rows10x"
+    write_rows(small, scale, npz=True)
+    write_rows(large, 10 * scale, npz=True)
+    peak_rss(small, "on_demand", uri)  # warm-up: imports, the page cache
+    rows = []
+    for how in ("on_demand", "mapped", "in_memory"):
+        a, b = peak_rss(large, how, uri), peak_rss(small, how, uri)
+        rows.append({"figure": f"memory, {how.replace('_', ' ')}: peak RSS at {10 * scale} MB over {scale} MB",
+                     "a": a, "b": b, "ratio": a / b, "unit": "MB", "goal": "<= 1.10x" if how == "on_demand" else ""})
+    return rows
+
+
+def on_demand_speed(tmp: Path, repeats: int, uri: str) -> dict:
+    from retort import recipes
+    from retort.recipes.schema import resolve
+
+    write_rows(tmp / "speed", 20, width=256, npz=True)
+    base = {"seed": 0, "model": {"name": "mlp", "hidden": [256]}, "loss": "logitbinarycrossentropy",
+            "trainer": {"max_epochs": 2, "accelerator": "cpu"},
+            "tracking": {"experiment": "bench-data", "checkpoint": False, "system_metrics": False}}
+    disk = resolve({**base, "data": {"name": "npy", "path": str(tmp / "speed"), "batch_size": 256}})
+    memory_ = resolve({**base, "data": {"name": "npz", "path": f"{tmp / 'speed'}.npz", "scale": "none",
+                                        "batch_size": 256}})
+    fit = lambda r: recipes.run(r, tracking_uri=uri, quiet=True).fit_seconds  # noqa: E731
+    fit(disk), fit(memory_)
+    pairs = [(fit(disk), fit(memory_)) for _ in range(repeats)]
+    return _row("on-demand .npy rows over the same rows in memory (20 MB, MLP 256)", pairs, "")
+
+
+def _row(figure: str, pairs: list[tuple[float, float]], goal: str, **extra: float) -> dict:
+    ratios = [a / b for a, b in pairs]
+    return {"figure": figure, "a": statistics.median(a for a, _ in pairs), "b": statistics.median(b for _, b in pairs),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios), "unit": "s",
+            "goal": goal, **extra}
+
+
+class _Waits:
+    """Seconds each training step waits for its batch in ``retort run``: from one batch's end to the next's start."""
+
+    def __init__(self) -> None:
+        import pytorch_lightning as pl
+
+        waits = self
+
+        class Callback(pl.Callback):
+            def on_train_epoch_start(self, trainer, m) -> None:
+                waits.last = time.perf_counter()
+
+            def on_train_batch_start(self, trainer, m, batch, i) -> None:
+                waits.total += time.perf_counter() - waits.last
+                waits.steps += 1
+
+            def on_train_batch_end(self, trainer, m, outputs, batch, i) -> None:
+                waits.last = time.perf_counter()
+
+        self.callback = Callback()
+        self.total, self.steps, self.last = 0.0, 0, 0.0
+
+
+def hand_written_images(recipe, built) -> tuple[float, float]:
+    """The seed's loop over the same data sets, with a torch DataLoader of the same settings; (fit s, wait s/step)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from retort import plugins
+    from retort.recipes.schema import plugin_spec
+
+    d = recipe.data
+    torch.manual_seed(recipe.seed)
+    model = plugins.build("model", plugin_spec("model", recipe.model), built.splits.info)
+    loss_fn = plugins.build("loss", recipe.loss)
+    opt = plugins.build("optimizer", plugin_spec("optimizer", recipe.optimizer), model.parameters())
+    workers = {"num_workers": d["num_workers"]}
+    if d["num_workers"]:
+        workers.update(persistent_workers=d["persistent_workers"], prefetch_factor=d["prefetch_factor"])
+
+    class Augmented(torch.utils.data.Dataset):
+        def __init__(self, ds):
+            self.ds, self.g = ds, torch.Generator()
+
+        def __len__(self) -> int:
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            return self.ds.sample(i, self.g)
+
+    train = DataLoader(Augmented(built.splits.train), batch_size=d["batch_size"], shuffle=True, **workers)
+    val = DataLoader(built.splits.val, batch_size=d["eval_batch_size"], **workers)
+    wait, steps = 0.0, 0
+    start = time.perf_counter()
+    for _epoch in range(recipe.trainer["max_epochs"]):
+        model.train()
+        t = time.perf_counter()
+        for x, y in train:
+            wait += time.perf_counter() - t
+            steps += 1
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            sum(loss_fn(model(x), y).item() * len(x) for x, y in val)
+    return time.perf_counter() - start, wait / steps
+
+
+def image_loader(repeats: int, uri: str, workers: int, epochs: int) -> dict:
+    from retort import recipes
+    from retort.recipes.runner import build
+
+    recipe = recipes.load("shapes-resnet", [f"trainer.max_epochs={epochs}", f"data.num_workers={workers}",
+                                            f"data.persistent_workers={workers > 0}", "tracking.system_metrics=false"])
+    built = build(recipe)
+    waits = _Waits()
+
+    def ours() -> float:
+        return recipes.run(recipe, tracking_uri=uri, quiet=True, callbacks=[waits.callback]).fit_seconds
+
+    hand_written_images(recipe, built), ours()  # warm-up
+    waits.total, waits.steps = 0.0, 0
+    pairs, hand_waits = [], []
+    for _ in range(repeats):
+        a = ours()
+        b, w = hand_written_images(recipe, built)
+        pairs.append((a, b))
+        hand_waits.append(w)
+    return _row(f"image DataLoader path, shapes-resnet, {workers} workers, {epochs} epochs", pairs, "<= 1.05x",
+                wait_ms=1000 * waits.total / waits.steps, hand_wait_ms=1000 * statistics.median(hand_waits))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per timed figure (default 3)")
+    parser.add_argument("--scale", type=int, default=20, help="MB of rows at 1x for the memory figure (default 20)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the image figure (default 2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (default 0 2)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        os.chdir(tmp)
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=uri).search_experiments()  # migrate the store once, outside the figures
+        rows += memory(tmp, args.scale, uri)
+        rows.append(on_demand_speed(tmp, args.repeats, uri))
+        for workers in args.workers:
+            rows.append(image_loader(args.repeats, uri, workers, args.epochs))
+    print(f"{'figure':<72} {'A':>9} {'B':>9} {'ratio':>7}  goal")
+    for row in rows:
+        spread = f"  ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})" if "ratio_min" in row else ""
+        wait = (f"   [data wait per step: retort {row['wait_ms']:.2f} ms, hand-written {row['hand_wait_ms']:.2f} ms]"
+                if "wait_ms" in row else "")
+        print(f"{row['figure']:<72} {row['a']:>8.2f}{row['unit']:<1} {row['b']:>8.2f}{row['unit']:<1} "
+              f"{row['ratio']:>6.3f}x  {row['goal']}{spread}{wait}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
