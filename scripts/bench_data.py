@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=20, help="MB of rows at 1x for the memory figure (default 20)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the image figure (default 2)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (default 0 2)")
+    parser.add_argument("--parts", nargs="+", default=["memory", "speed", "images"],
+                        help="which figures (default: memory speed images)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -242,9 +244,11 @@ def main() -> None:
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments()  # migrate the store once, outside the figures
-        rows += memory(tmp, args.scale, uri)
-        rows.append(on_demand_speed(tmp, args.repeats, uri))
-        for workers in args.workers:
+        if "memory" in args.parts:
+            rows += memory(tmp, args.scale, uri)
+        if "speed" in args.parts:
+            rows.append(on_demand_speed(tmp, args.repeats, uri))
+        for workers in args.workers if "images" in args.parts else []:
             rows.append(image_loader(args.repeats, uri, workers, args.epochs))
     print(f"{'figure':<72} {'A':>9} {'B':>9} {'ratio':>7}  goal")
     for row in rows:

@@ -85,11 +85,11 @@ def test_image_folder_bad_inputs_name_the_path(tmp_path: Path):
 
 def test_shapes_are_generated_once_and_the_same_everywhere(cache: Path):
     a = plugins.build("data", {"name": "shapes", "per_class": 3, "size": 16})
-    folder = cache / "shapes-v1-3x16px-seed0"
+    folder = cache / "shapes-v2-3x16px-seed0"
     assert sorted(p.name for p in folder.iterdir()) == ["circle", "cross", "square", "triangle"]
     assert len(list(folder.rglob("*.png"))) == 12 and a.class_names == ["circle", "cross", "square", "triangle"]
     pixels = np.asarray(Image.open(folder / "triangle" / "0002.png"), dtype=np.int64)
-    assert pixels.shape == (16, 16, 3) and pixels.sum() == 102087  # the drawing is seeded: the same on every machine
+    assert pixels.shape == (16, 16, 3) and pixels.sum() == 123515  # the drawing is seeded: the same on every machine
     assert plugins.build("data", {"name": "shapes", "per_class": 3, "size": 16}).digest == a.digest
 
 
@@ -103,12 +103,12 @@ def test_text_blocks_and_their_targets(tmp_path: Path):
     assert x.tolist()[0] in range(16, 24) and (y - x).tolist() == [1] * 8
     s = split_datasets(data, val_fraction=0.2, test_fraction=0.1, seed=0)
     assert (s.info.n_train, s.info.n_val, s.info.n_test, s.info.n_features) == (25, 8, 4, 8)
-    (tmp_path / "short.txt").write_text("too short")
-    with pytest.raises(plugins.PluginError, match=r"short.txt has 9 bytes; one block of block_size 8 needs 9") as e:
+    (tmp_path / "short.txt").write_text("short")
+    with pytest.raises(plugins.PluginError, match=r"short.txt has 5 bytes; one block of block_size 8 needs 9") as e:
         plugins.build("data", {"name": "text", "path": str(tmp_path / "short.txt"), "block_size": 8})
     assert e.value.field == "block_size"
     assert unigram_bits(np.array([0, 1], np.uint8), np.array([0, 1] * 10, np.uint8)) == pytest.approx(
-        -math.log2(11 / 258))
+        -math.log2(11 / 276))  # add-one: (10 + 1) / (20 + 256)
 
 
 def test_resnet_takes_images_of_any_size_and_flattened_rows():
