@@ -49,6 +49,9 @@ class Mapped(Dataset):
         return len(self.x)
     def __getitems__(self, idx):
         return Batch((torch.from_numpy(self.x[np.asarray(idx)]), self.y[idx]))
+    def __getitem__(self, i):
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
 @plugins.register("data", "bench_mapped")
 def mapped() -> DataSets:

@@ -112,7 +112,7 @@ def test_tasks_meta():
     assert tasks == {**dict.fromkeys(["accuracy", "balanced_accuracy", "f1", "precision", "recall", "auroc",
                                       "average_precision", "mcc", "cohen_kappa"], ("multiclass", "binary")),
                      **dict.fromkeys(["mse", "rmse", "mae", "r2", "explained_variance", "mape", "pearson"],
-                                     ("regression",))}
+                                     ("regression",)), "perplexity": ("multiclass",)}
 
 
 def test_wrong_task():
@@ -121,7 +121,7 @@ def test_wrong_task():
     assert err.value.field == "name"
     assert str(err.value) == (
         "metric 'mse' is for regression tasks, but data 'm' is multiclass; metrics for multiclass: accuracy, "
-        "auroc, average_precision, balanced_accuracy, cohen_kappa, f1, mcc, precision, recall")
+        "auroc, average_precision, balanced_accuracy, cohen_kappa, f1, mcc, perplexity, precision, recall")
     with pytest.raises(PluginError, match="metrics for regression: explained_variance, mae, mape, mse, "
                                           "pearson, r2, rmse") as err:
         plugins.build("metric", "accuracy", REG)
