@@ -197,6 +197,14 @@ _DEFAULTS: dict[str, Any] = {
     "loss": "logitcrossentropy",
     "optimizer": {"name": "adam"},
 }
+
+
+def default_plugin(section: str) -> str | None:
+    """The plugin a section left out of a recipe gets (``optimizer`` -> ``adam``), or None."""
+    spec = _DEFAULTS.get(section)
+    return spec if isinstance(spec, str) or spec is None else spec["name"]
+
+
 _OPTIONS: dict[str, type[_Options] | None] = {
     "data": DataOptions, "model": ModelOptions, "loss": None, "optimizer": OptimizerOptions,
     "scheduler": SchedulerOptions, "callback": None, "metric": None,

@@ -46,6 +46,7 @@ class Tag:
     SWEEP = "retort.sweep"                  # "parent" on a sweep's parent run
     SWEEP_METRIC = "retort.sweep.metric"
     SWEEP_DIRECTION = "retort.sweep.direction"
+    SWEEP_FIXED = "retort.sweep.fixed"      # swept fields a -s fixed, left out of the space (comma-separated)
     STUDY = "retort.study"                  # on the parent and on every trial's run
     TRIALS = "retort.trials"
     WORKERS = "retort.workers"
@@ -102,6 +103,7 @@ class StudyAttr:
     OWNER = "retort:owner"                  # trial system attr: {host, pid, ctime, worker, seed} of its worker
     BEAT = "retort:heartbeat"               # trial system attr: time.time() of the owner's last heartbeat
     RETRIED = "retort:retried"              # trial system attr: why it was failed and re-queued
+    TOKEN = "retort:token"                  # trial system attr: written with the trial, finds it after a lost reply
     FAIL_REASON = "fail_reason"             # trial system attr Optuna's own reporting reads
     RUN_ID = "mlflow_run_id"                # trial user attr: the trial's MLflow run
     RETRY_OF = "retry_of"                   # trial user attr: the number of the trial this one repeats

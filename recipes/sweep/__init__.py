@@ -157,6 +157,9 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     except BaseException:
         send(procs, None, [])
         raise
+    if plan.fixed:
+        print(f"warning: {', '.join(plan.fixed)} set by -s: left out of sweep.space, every trial runs the value "
+              "given", file=sys.stderr, flush=True)
     from retort.tracking.store import prepare_store
 
     quiet_optuna()
@@ -178,7 +181,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     seeds = [plan.seed + offset + i for i in range(k)] if missing else []
     record.set_tags({Tag.TRIALS: plan.trials, Tag.WORKERS: len(seeds),
                      Tag.SAMPLER_SEEDS: ",".join(map(str, seeds)), Tag.COMMAND: plan.command,
-                     Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage)})
+                     Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage),
+                     **({Tag.SWEEP_FIXED: ",".join(plan.fixed)} if plan.fixed else {})})
     if not quiet:
         from retort.recipes.display import clear_status
 

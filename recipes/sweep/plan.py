@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +14,8 @@ from retort.recipes.sweep.storage import PATIENCE, storage_target
 
 @dataclass
 class Plan:
-    raw: dict[str, Any]          # the recipe as written, with the command line's overrides
-    source: str | None
+    draft: Any                   # the recipe as written (recipes.Draft), read once
+    overrides: list[Any]         # the command line's -s, then the space's fields fixed by them left out
     study: str
     storage: str                 # a journal file (absolute path) or a database URL
     tracking_uri: str
@@ -30,10 +29,12 @@ class Plan:
     parent_run_id: str = ""
     patience: float = PATIENCE   # seconds to wait out an unreachable study storage
 
-    def base(self) -> Any:
-        from retort.recipes.schema import resolve
+    fixed: list[str] = field(default_factory=list)  # swept fields that a -s set: left out of the space
 
-        return resolve(copy.deepcopy(self.raw), source=self.source, default_name=self.raw["name"])
+    def base(self) -> Any:
+        from retort import recipes
+
+        return recipes.load(self.draft, self.overrides)
 
 
 @dataclass
@@ -61,29 +62,24 @@ def make_plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, work
           study: str | None, seed: int | None, heartbeat: float, tracking_uri: str | None, command: str | None,
           quiet: bool, patience: float = PATIENCE) -> tuple[Plan, Any]:
     from retort import recipes
-    from retort.recipes.schema import Recipe, resolve
-    from retort.recipes.yamlio import load_file
+    from retort.recipes.schema import Recipe
     from retort.tracking.store import resolve_uri
 
-    if isinstance(recipe, Recipe):
-        raw, source = recipe.to_dict(), recipe.source
-        recipes.apply_overrides(raw, list(overrides))
-    else:
-        path = recipes.find(recipe)
-        raw, source = load_file(path) or {}, str(path)
-        if not isinstance(raw, dict):
-            raise RecipeError(f"a recipe is a mapping of sections, got {type(raw).__name__}", source=source)
-        recipes.apply_overrides(raw, list(overrides))
-        raw.setdefault("name", path.stem)
-    base = resolve(copy.deepcopy(raw), source=source, default_name=str(raw.get("name") or "recipe"))
-    raw["name"] = base.name
-    for section in ("data", "model", "loss", "optimizer"):  # sections left to their defaults, named
-        if raw.get(section) is None:
-            raw[section] = {"name": getattr(base, section)["name"]}
+    draft = recipes.Draft(recipe.to_dict(), recipe.source, recipe.name) if isinstance(recipe, Recipe) \
+        else recipes.read(recipe)
+    sets = list(overrides)
+    base = recipes.load(draft, sets)
+    sets, fixed = _fix(base, sets)
+    if fixed:
+        base = recipes.load(draft, sets)
+    source = base.source
     sweep_spec = base.sweep
     if sweep_spec is None:
         raise RecipeError("the recipe has no sweep section; add one, e.g. sweep: {space: {optimizer.lr: "
                           "{low: 1.0e-4, high: 1.0e-1, log: true}}}", field="sweep", source=source)
+    if not sweep_spec["space"] and fixed:
+        raise RecipeError(f"every field of sweep.space is set by -s ({', '.join(fixed)}): nothing is left to search; "
+                          "drop one of those -s", field="sweep.space", source=source)
     if not sweep_spec["space"]:
         raise RecipeError("sweep.space is empty: name at least one field to search, e.g. optimizer.lr: "
                           "{low: 1.0e-4, high: 1.0e-1, log: true}", field="sweep.space", source=source)
@@ -97,14 +93,34 @@ def make_plan(recipe: Any, overrides: Sequence[str], *, trials: int | None, work
     study_name = study if study is not None else base.name
     if not study_name.strip():
         raise RecipeError("the study name is empty", field="--study")
-    check_space(base, raw)
+    check_space(base, draft, sets)
     sampler_seed = seed if seed is not None else (sweep_spec["seed"] if sweep_spec["seed"] is not None else base.seed)
     make_sampler(base, sampler_seed)  # unknown sampler_args and missing packages are input errors
     make_pruner(base)
     uri = resolve_uri(tracking_uri, base.tracking["uri"])
     target = storage_target(storage, uri, study_name, workers)
-    plan = Plan(raw=raw, source=source, study=study_name, storage=target, tracking_uri=uri,
+    plan = Plan(draft=draft, overrides=sets, fixed=fixed, study=study_name, storage=target, tracking_uri=uri,
                 experiment=base.tracking["experiment"] or base.name,
                 trials=trials if trials is not None else sweep_spec["trials"], seed=sampler_seed,
                 heartbeat=float(heartbeat), command=command or "", quiet=quiet, patience=float(patience))
     return plan, base
+
+
+def _fix(base: Any, overrides: list[Any]) -> tuple[list[Any], list[str]]:
+    """A ``-s`` on a swept field fixes it: the field leaves the space (said, and tagged on the parent run)
+    rather than being silently overridden by the sampled value. Returns the overrides, with the reduced
+    space appended when any field was fixed, and the fixed paths."""
+    from retort.recipes import parse_override
+    from retort.recipes.sweep.space import canonical
+
+    space = (base.sweep or {}).get("space") or {}
+    swept = {canonical(path, base): path for path in space}
+    fixed = []
+    for text in overrides:
+        path = ".".join(parse_override(text)[0]) if isinstance(text, str) else text[0]
+        if not path.startswith("sweep.") and canonical(path, base) in swept:
+            fixed.append(swept[canonical(path, base)])
+    if not fixed:
+        return overrides, []
+    reduced = {k: v for k, v in space.items() if k not in fixed}
+    return [*overrides, ("sweep.space", reduced)], sorted(set(fixed))

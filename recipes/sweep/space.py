@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from retort.plugins.errors import RecipeError
@@ -70,53 +69,36 @@ def applied(values: Mapping[str, Any], base: Any) -> dict[str, Any]:
     return out
 
 
-_SECTION_KINDS = {"data": "data", "model": "model", "loss": "loss", "optimizer": "optimizer",
-                  "scheduler": "scheduler", "callbacks": "callback", "metrics": "metric"}
+def trial_recipe(draft: Any, overrides: Sequence[Any], values: Mapping[str, Any]) -> Any:
+    """The recipe a trial runs: exactly ``retort run RECIPE -s <overrides> -s <path=value>...`` for the sampled
+    ``values`` (a plugin's name before its fields), through :func:`recipes.load`."""
+    from retort import recipes
+
+    ordered = sorted(values, key=lambda p: (not p.endswith(".name"), p))
+    return recipes.load(draft, [*overrides, *((path, values[path]) for path in ordered)])
 
 
-def _set(raw: dict[str, Any], path: str, value: Any) -> None:
-    """``raw[a][b]... = value`` by dotted path, as ``-s a.b=value`` would: a plugin given by name becomes
-    ``{name: ...}``, and an alias of the field set (``eta`` for ``lr``) is dropped."""
+def canonical(path: str, base: Any) -> str:
+    """``optimizer.eta`` -> ``optimizer.lr``: a plugin field's path by its canonical name in ``base``."""
     from retort import plugins
+    from retort.recipes import _PLUGIN_SECTIONS
 
     parts = path.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        key: Any = int(part) if isinstance(node, list) else part
-        child = node[key] if isinstance(node, list) else node.get(part)
-        if child is None:
-            child = {}
-        elif isinstance(child, str):
-            child = {"name": child}
-        node[key] = child
-        node = child
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-        return
-    node[last] = value
-    kind = _SECTION_KINDS.get(parts[0])
-    if kind and len(parts) >= 2 and isinstance(node.get("name"), str) and last != "name":
-        try:
-            aliases = plugins.get(kind, node["name"]).aliases
-        except plugins.PluginError:
-            return
-        canon = aliases.get(last, last)
-        for other in [k for k in node if k != last and aliases.get(k, k) == canon]:
-            del node[other]
+    kind = _PLUGIN_SECTIONS.get(parts[0])
+    try:
+        if kind in ("callback", "metric") and len(parts) == 3 and parts[1].isdigit():
+            name = getattr(base, parts[0])[int(parts[1])]["name"]
+        elif kind is not None and len(parts) == 2 and getattr(base, parts[0]) is not None:
+            name = getattr(base, parts[0])["name"]
+        else:
+            return path
+        aliases = plugins.get(kind, name).aliases
+    except (IndexError, plugins.PluginError):
+        return path
+    return ".".join([*parts[:-1], aliases.get(parts[-1], parts[-1])])
 
 
-def trial_recipe(raw: Mapping[str, Any], values: Mapping[str, Any], source: str | None = None) -> Any:
-    """The recipe a trial runs: ``raw`` (the recipe as written) with ``values`` set by dotted path, validated."""
-    from retort.recipes.schema import resolve
-
-    trial_raw = copy.deepcopy(dict(raw))
-    for path in sorted(values, key=lambda p: (not p.endswith(".name"), p)):  # a plugin's name before its fields
-        _set(trial_raw, path, copy.deepcopy(values[path]))
-    return resolve(trial_raw, source=source, default_name=str(raw.get("name") or "recipe"))
-
-
-def check_space(base: Any, raw: Mapping[str, Any]) -> None:
+def check_space(base: Any, draft: Any, overrides: Sequence[Any]) -> None:
     """Every value the space can sample makes a valid recipe (each field at its ends and choices, the
     others as in the recipe); raises :class:`RecipeError` naming the field and the value."""
     flat = base.flat()
@@ -134,7 +116,7 @@ def check_space(base: Any, raw: Mapping[str, Any]) -> None:
             candidates = [float(p.low), float(p.high)]
         for value in candidates:
             try:
-                trial_recipe(raw, applied({path: value}, base), base.source)
+                trial_recipe(draft, overrides, applied({path: value}, base))
             except RecipeError as exc:
                 what = "choice" if kind == "choices" else "value"
                 raise RecipeError(f"the {what} {value!r} makes an invalid recipe: {exc.message}"

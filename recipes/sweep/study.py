@@ -144,7 +144,8 @@ def _log_best_recipe(record: Any, plan: Plan, base: Any, best: Any, tmp: Path) -
         with contextlib.suppress(Exception):
             text = Path(record.client.download_artifacts(run_id, "recipe.yaml", str(tmp))).read_text()
     if text is None:
-        text = dumps(mask_tree(trial_recipe(plan.raw, applied(decode(best.params, base), base), plan.source).to_dict()))
+        recipe = trial_recipe(plan.draft, plan.overrides, applied(decode(best.params, base), base))
+        text = dumps(mask_tree(recipe.to_dict()))
     record.log_text(text, "best_recipe.yaml")
 
 

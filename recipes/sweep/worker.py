@@ -194,7 +194,7 @@ class Worker:
             setting = applied(values, self.base)
             if setting != values:  # the lr/batch-size rule: record what the run got besides what was sampled
                 trial.set_user_attr("applied", {k: v for k, v in setting.items() if values.get(k) != v})
-            recipe = trial_recipe(self.plan.raw, setting, self.plan.source)
+            recipe = trial_recipe(self.plan.draft, self.plan.overrides, setting)
             pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize")
             started = time.perf_counter()
             result = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
