@@ -227,8 +227,8 @@ def test_trial_values_apply_by_dotted_path(tmp_path: Path):
     assert decode(trial.params, base) == values
     scaled = applied(values, base)
     assert scaled["optimizer.lr"] == pytest.approx(0.02 * math.sqrt(32 / 16))
-    raw = {**base.to_dict(), "optimizer": {"name": "descent", "eta": 0.01}, "model": {"name": "mlp", "hidden": [8]}}
-    r = trial_recipe(raw, scaled)
+    draft = recipes.read(tmp_path / "tiny.yaml")
+    r = trial_recipe(draft, [], scaled)
     assert r.optimizer["lr"] == pytest.approx(0.02 * math.sqrt(2)) and r.data["batch_size"] == 32
     assert r.model["hidden"] == [16, 8] and r.trainer["max_epochs"] == 4 and r.model["dropout"] == 0.25
     assert r.loss["name"] == "crossentropy" and r.model["head"] == "softmax"  # re-resolved, as `-s` would
@@ -237,8 +237,58 @@ def test_trial_values_apply_by_dotted_path(tmp_path: Path):
         v = suggest(t, base)
         assert 1e-3 <= v["optimizer.lr"] <= 0.1 and v["trainer.max_epochs"] in (2, 4, 6)
         assert 0 <= v["model.dropout"] <= 0.5 and v["data.batch_size"] in (8, 16, 32)
-        trial_recipe(raw, applied(v, base))
+        trial_recipe(draft, [], applied(v, base))
         study.tell(t, 0.0)
+
+
+def test_a_trial_is_what_retort_run_with_the_same_overrides_runs(tmp_path: Path):
+    """One path for config: the alias case. The file says ``eta``; an override of ``lr`` (on the command line
+    or sampled by a sweep) replaces it, and both give the same recipe, field for field."""
+    path = write(tmp_path, TINY.replace("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adam, eta: 0.01}"))
+    cli = retort("show", str(path), "-s", "optimizer.lr=0.1", "-s", "data.batch_size=8", cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    shown = recipes.load(path, ["optimizer.lr=0.1", "data.batch_size=8"])
+    assert cli.stdout == shown.to_yaml() and shown.optimizer["lr"] == 0.1
+    trial = trial_recipe(recipes.read(path), ["data.batch_size=8"], {"optimizer.lr": 0.1})
+    assert trial.to_dict() == shown.to_dict()
+    # two spellings of one field in the file itself stay an error, on both paths
+    both = write(tmp_path, TINY.replace("{name: adam, lr: 0.01}", "{name: adam, lr: 0.01, eta: 0.1}"), "both.yaml")
+    cli = retort("show", str(both), cwd=tmp_path)
+    assert cli.returncode == 2 and "another alias both set 'lr'" in cli.stderr
+    with pytest.raises(RecipeError, match="another alias both set 'lr'"):
+        trial_recipe(recipes.read(both), [], {"data.batch_size": 8})
+    # a left-out plugin section gets its default plugin, so its fields can be set (and swept)
+    bare = write(tmp_path, "data: {name: wine}\n", "bare.yaml")
+    written = recipes.load(bare, ["optimizer={name: adam, lr: 0.2}"])
+    assert recipes.load(bare, ["optimizer.eta=0.2"]).optimizer == written.optimizer
+
+
+def test_a_set_on_a_swept_field_fixes_it_and_leaves_the_space(workdir: Path, client):
+    """``-s data.batch_size=32`` (or an alias of a swept field) is never silently overridden by the sampled
+    value: the field leaves the space, every trial runs the value given, and the sweep says so."""
+    from retort.recipes.sweep.plan import make_plan
+
+    path = write(workdir, TINY.replace("optimizer: {name: adam, lr: 0.01}", "optimizer: {name: adam, eta: 0.01}"))
+    kwargs = dict(trials=None, workers=1, storage=None, study=None, seed=None, heartbeat=10.0, tracking_uri=None,
+                  command=None, quiet=True)
+    with pytest.raises(RecipeError, match=r"set by -s \(data\.batch_size, optimizer\.lr\): nothing is left"):
+        sw.sweep(path, overrides=["data.batch_size=32", "optimizer.eta=0.05"], quiet=True)  # eta: lr's alias
+    assert all_runs(client) == []
+    plan, base = make_plan(path, ["data.batch_size=32"], **kwargs)
+    assert plan.fixed == ["data.batch_size"] and list(base.sweep["space"]) == ["optimizer.lr"]
+    assert plan.base().to_dict() == base.to_dict()
+    trial = trial_recipe(plan.draft, plan.overrides, {"optimizer.lr": 0.02})
+    assert trial.data["batch_size"] == 32 and trial.optimizer["lr"] == 0.02
+    out = retort("sweep", "tiny.yaml", "--trials", "1", "-s", "data.batch_size=32", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    assert "warning: data.batch_size set by -s: left out of sweep.space" in out.stderr
+    runs = all_runs(client)
+    [parent] = [r for r in runs if r.data.tags.get("retort.sweep") == "parent"]
+    [child] = [r for r in runs if r is not parent]
+    assert parent.data.tags["retort.sweep.fixed"] == "data.batch_size"
+    assert child.data.params["data.batch_size"] == "32"
+    assert sorted({k.rsplit(".", 1)[0] for k in parent.data.params if k.startswith("sweep.space.")}) == [
+        "sweep.space.optimizer.lr"]
 
 
 def test_samplers_and_pruners_by_name(tmp_path: Path):
@@ -621,3 +671,42 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
             [repeat] = [t for t in loaded.trials if t.user_attrs.get("retry_of") == lost[0].number]
             assert len(lost) == 1 and repeat.params == lost[0].params and repeat.state.name == "COMPLETE"
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+
+
+def test_a_lost_reply_to_a_trial_creation_makes_no_second_trial(postgres_url: str):
+    """The server commits the new trial, the reply never comes back (a proxy drops it and the connection).
+    Optuna's own RDBStorage tries the creation again and makes a second trial; the sweep's storage finds the
+    first by the token written with it. A state change whose reply is lost is read back, not repeated."""
+    import optuna
+
+    from tests.pgproxy import Proxy
+
+    proxy = Proxy(postgres_url)
+    try:
+        plain = optuna.storages.RDBStorage(proxy.url, engine_kwargs={"pool_pre_ping": True})
+        study_id = plain.create_new_study([optuna.study.StudyDirection.MINIMIZE], "plain")
+        proxy.lose_after = b"INSERT INTO trials"
+        plain.create_new_trial(study_id)
+        assert proxy.commits_lost == 1
+        assert len(plain.get_all_trials(study_id)) == 2  # the duplicate this test guards against
+
+        patient = open_storage(proxy.url, 30)
+        study = optuna.create_study(study_name="patient", storage=patient)
+        proxy.lose_after = b"INSERT INTO trials"
+        trial = study.ask()
+        assert proxy.commits_lost == 2
+        fresh = optuna.load_study(study_name="patient", storage=postgres_url)
+        [only] = fresh.get_trials(deepcopy=False)
+        assert only.number == trial.number == 0 and only._trial_id == trial._trial_id
+        assert only.state.name == "RUNNING" and only.system_attrs["retort:token"]
+        study.enqueue_trial({"x": 1.0})  # a template trial (WAITING, with params) goes the same way
+        proxy.lose_after = b"UPDATE trials SET state"
+        popped = study.ask({"x": optuna.distributions.FloatDistribution(0, 2)})  # WAITING -> RUNNING, reply lost
+        assert proxy.commits_lost == 3 and popped.number == 1 and popped.params == {"x": 1.0}
+        proxy.lose_after = b"UPDATE trials SET state"
+        study.tell(popped, 0.5)
+        assert proxy.commits_lost == 4
+        states = [(t.number, t.state.name, t.value) for t in fresh.get_trials(deepcopy=False)]
+        assert states == [(0, "RUNNING", None), (1, "COMPLETE", 0.5)]
+    finally:
+        proxy.close()

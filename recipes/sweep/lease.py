@@ -4,7 +4,6 @@ whose worker was lost."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import socket
@@ -22,22 +21,12 @@ RUN_ID, RETRY_OF, FAILURE = StudyAttr.RUN_ID, StudyAttr.RETRY_OF, StudyAttr.FAIL
 GRACE_BEATS = 6                 # a trial is lost after this many missed heartbeats
 
 
-class FileLock:
-    """An exclusive ``flock`` on a file; the kernel releases it when the process dies."""
+def file_lock(path: Path) -> Any:
+    """An exclusive lock on a file (``flock``: the kernel releases it when the holder dies)."""
+    import filelock
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._file: Any = None
-
-    def __enter__(self) -> FileLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a")  # held until __exit__
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(path))
 
 
 class PostgresLock:
@@ -79,8 +68,8 @@ def study_lock(target: str, study: str, patience: float = PATIENCE) -> Any:
         return PostgresLock(target, study, patience)
     if kind == "sqlite":
         db = Path(target.split("://", 1)[1][1:].split("?", 1)[0])  # sqlite:///rel.db, sqlite:////abs.db
-        return FileLock(db.with_name(f"{db.name}.{safe_name(study)}.retort-lock"))
-    return FileLock(Path(f"{target}.retort-lock"))
+        return file_lock(db.with_name(f"{db.name}.{safe_name(study)}.retort-lock"))
+    return file_lock(Path(f"{target}.retort-lock"))
 
 def is_void(trial: Any) -> bool:
     return RETRIED in trial.system_attrs

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from retort.plugins.errors import RecipeError
+from retort.tracking.vocabulary import StudyAttr
 
 PATIENCE = 120.0                # seconds a sweep waits for its study storage to come back before it stops
 
@@ -127,23 +129,118 @@ def patiently(call: Any, target: str, patience: float = PATIENCE) -> Any:
             pause = min(pause * 2, 5.0)
 
 
+# Calls that are safe to repeat after an outage: reads, and writes whose repeat changes nothing (attributes
+# and intermediate values are upserts; a parameter set twice is ignored by Optuna's integrity check; a study
+# created twice raises DuplicatedStudyError, which create_study(load_if_exists=True) turns into a load).
+# Underscored names are RDBStorage's own, which Optuna's _CachedStorage calls directly.
+_SAFE = (
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_all_trials", "get_best_trial", "get_n_trials", "get_trial_params", "get_trial_param",
+    "get_trial_user_attrs", "get_trial_system_attrs", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids",
+    "create_new_study", "set_study_user_attr", "set_study_system_attr", "set_trial_user_attr",
+    "set_trial_system_attr", "set_trial_intermediate_value", "set_trial_param", "_set_trial_param",
+    "record_heartbeat",
+)
+
+
 def _patient(storage: Any, target: str, patience: float) -> Any:
-    """``storage`` with each of Optuna's storage methods made :func:`patiently` (same object, same class)."""
+    """``storage`` (same object, same class) whose calls ride out an outage (:func:`patiently`), each as its
+    kind allows: calls safe to repeat are repeated; a trial creation is tagged with a fresh token in the same
+    write and, after a failure, looked up by it before it is tried again (a reply lost after the commit must
+    not make a second trial); a state change is read back before it is tried again. Anything else (deleting a
+    study) is never repeated."""
     import functools
 
-    import optuna
-
-    for name in dir(optuna.storages.BaseStorage):
-        if name.startswith("_") or not callable(getattr(storage, name, None)):
+    for name in _SAFE:
+        method = getattr(storage, name, None)
+        if method is None:
             continue
-        method = getattr(storage, name)
 
         @functools.wraps(method)
         def wrapper(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
             return patiently(lambda: _method(*args, **kwargs), target, patience)
 
         setattr(storage, name, wrapper)
+    if hasattr(storage, "_get_prepared_new_trial"):  # RDBStorage: its own creation retries blindly inside
+        storage._create_new_trial = _created_once(storage, target, patience)
+    else:
+        storage.create_new_trial = _created_once(storage, target, patience)
+    set_state = storage.set_trial_state_values
+
+    def set_trial_state_values(trial_id: int, state: Any, values: Sequence[float] | None = None) -> bool:
+        tried = False
+
+        def once() -> bool:
+            nonlocal tried
+            if tried:  # the last try may have been written before its reply was lost
+                now = storage.get_trial(trial_id)
+                if now.state == state and (values is None or list(now.values or []) == list(values)):
+                    return True
+            tried = True
+            return set_state(trial_id, state, values)
+
+        return patiently(once, target, patience)
+
+    storage.set_trial_state_values = set_trial_state_values
     return storage
+
+
+def _created_once(storage: Any, target: str, patience: float) -> Any:
+    """``create_new_trial`` (or RDBStorage's ``_create_new_trial``) made idempotent: the trial carries a token
+    (system attr ``retort:token``) written in the same transaction; after a failure the token is looked up, so
+    that a creation whose reply was lost is found rather than repeated."""
+    import copy
+    import datetime
+    import uuid
+
+    import optuna
+
+    rdb = hasattr(storage, "_get_prepared_new_trial")
+    create = _rdb_create_once if rdb else storage.create_new_trial
+
+    def created(study_id: int, template_trial: Any = None) -> Any:
+        if template_trial is None:  # what Optuna writes for a plain ask, as a template that can carry the token
+            template_trial = optuna.trial.FrozenTrial(
+                number=-1, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
+                datetime_start=datetime.datetime.now(), datetime_complete=None, params={}, distributions={},
+                user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1)
+        else:
+            template_trial = copy.deepcopy(template_trial)
+        token = uuid.uuid4().hex
+        template_trial.system_attrs = {**template_trial.system_attrs, StudyAttr.TOKEN: token}
+        tried = False
+
+        def once() -> Any:
+            nonlocal tried
+            if tried:
+                for t in storage.get_all_trials(study_id, deepcopy=False):
+                    if t.system_attrs.get(StudyAttr.TOKEN) == token:
+                        return t if rdb else t._trial_id
+            tried = True
+            return create(storage, study_id, template_trial) if rdb else create(study_id, template_trial)
+
+        return patiently(once, target, patience)
+
+    return created
+
+
+def _rdb_create_once(storage: Any, study_id: int, template_trial: Any) -> Any:
+    """One attempt of RDBStorage's ``_create_new_trial`` (whose own loop repeats a creation whose commit
+    failed, even when the commit reached the database): Optuna's session, study row lock and preparation."""
+    import copy
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        trial = storage._get_prepared_new_trial(study_id, template_trial, session)
+        number, trial_id, start = trial.number, trial.trial_id, trial.datetime_start
+    frozen = copy.deepcopy(template_trial)
+    frozen.number, frozen.datetime_start, frozen._trial_id = number, start, trial_id
+    return frozen
+
 
 def dashboard_command(target: str) -> str:
     import shlex

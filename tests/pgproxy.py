@@ -1,0 +1,87 @@
+"""A TCP proxy in front of the machine's PostgreSQL that a test controls: it can lose the reply to the COMMIT
+of the next transaction that sends a given statement (the server commits; the client sees its connection
+drop) and take the database away for a while, without touching the cluster other tests share."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+
+class Proxy:
+    """Forwards ``127.0.0.1:port`` to the cluster's Unix socket; :attr:`url` is the database's URL through it."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)  # postgresql://USER@/DB?host=SOCKET_DIR
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if p)
+        self.upstream = f"{query['host']}/.s.PGSQL.{query.get('port', '5432')}"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"postgresql://{parts.username}@127.0.0.1:{self.port}{parts.path}?sslmode=disable"
+        self.lose_after: bytes | None = None  # the next COMMIT on a connection that sent this loses its reply
+        self.commits_lost = 0
+        self.down_until = 0.0
+        self.links: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def outage(self, seconds: float) -> None:
+        """Drop every connection now and refuse new ones for ``seconds``."""
+        self.down_until = time.monotonic() + seconds
+        self._cut_all()
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        self._cut_all()
+
+    def _cut_all(self) -> None:
+        with self._lock:
+            links, self.links = self.links, []
+        for pair in links:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.upstream)
+            link = {"drop": False, "armed": False}
+            with self._lock:
+                self.links.append((client, server))
+            threading.Thread(target=self._pump, args=(client, server, link, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, link, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, link: dict, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream and self.lose_after is not None and self.lose_after in data:
+                    link["armed"] = True
+                if upstream and link["armed"] and b"COMMIT" in data:
+                    self.lose_after, link["drop"] = None, True
+                    dst.sendall(data)
+                    time.sleep(0.5)  # the server commits; its reply is dropped, then the connection
+                    self.commits_lost += 1
+                    break
+                if link["drop"]:
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
