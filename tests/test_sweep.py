@@ -602,30 +602,24 @@ def test_two_independent_processes_share_a_postgres_study(workdir: Path, client,
     check_records(client, study, parents.pop())
 
 
-def _postgres(action: str) -> None:
-    """Stop or start the machine's PostgreSQL cluster for real (the study's database goes down and up)."""
-    from tests.conftest import REPO
-
-    if action == "start":
-        subprocess.run([str(REPO / "scripts" / "postgres")], check=True, capture_output=True)
-        return
-    version = sorted(os.listdir("/usr/lib/postgresql"), key=float)[-1]
-    subprocess.run(["pg_ctlcluster", version, "main", "stop", "-m", "fast"], check=True, capture_output=True)
-
-
 @pytest.mark.slow
 def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(workdir: Path, client,
                                                                               postgres_url: str):
-    """PostgreSQL stopped for real in the middle of a trial: a restart within --storage-patience is waited
-    out and the sweep finishes; an outage longer than that stops it with one line and exit 1, and the same
-    command then finishes the study with no trial lost."""
+    """The study's database out of reach in the middle of a trial (a proxy in front of PostgreSQL drops every
+    connection and refuses new ones; the machine's cluster, which other tests share, stays up): an outage
+    within --storage-patience is waited out and the sweep finishes; one longer than that stops it with one
+    line and exit 1, and the same command then finishes the study with no trial lost."""
     import optuna
+
+    from tests.pgproxy import Proxy
 
     write(workdir, unpruned_digits(6, None))
     exe, env = retort_command()
 
+    proxy = Proxy(postgres_url)
+
     def sweep_cmd(study: str, patience: float) -> list[str]:
-        return [str(exe), "sweep", "tiny.yaml", "--storage", postgres_url, "--study", study, "--trials", "3",
+        return [str(exe), "sweep", "tiny.yaml", "--storage", proxy.url, "--study", study, "--trials", "3",
                 "--storage-patience", str(patience), "-q"]
 
     def training(study: str):
@@ -640,16 +634,10 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
                                 stderr=subprocess.PIPE, text=True)
         try:
             _wait_for(lambda s=study: training(s), proc, what="a trial in training")
-            _postgres("stop")
-            if down is not None:
-                time.sleep(down)
-                _postgres("start")
-                out, err = proc.communicate(timeout=300)
-            else:
-                out, err = proc.communicate(timeout=300)
-                _postgres("start")
+            proxy.outage(down if down is not None else 3600)
+            out, err = proc.communicate(timeout=300)
         finally:
-            _postgres("start")
+            proxy.down_until = 0.0
             if proc.poll() is None:
                 proc.kill()
         assert "is unreachable" in err and "Traceback" not in err, err
@@ -670,6 +658,7 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
             lost = [t for t in loaded.trials if "retort:retried" in t.system_attrs]
             [repeat] = [t for t in loaded.trials if t.user_attrs.get("retry_of") == lost[0].number]
             assert len(lost) == 1 and repeat.params == lost[0].params and repeat.state.name == "COMPLETE"
+    proxy.close()
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 
 
@@ -710,3 +699,67 @@ def test_a_lost_reply_to_a_trial_creation_makes_no_second_trial(postgres_url: st
         assert states == [(0, "RUNNING", None), (1, "COMPLETE", 0.5)]
     finally:
         proxy.close()
+
+
+def test_a_study_refuses_to_resume_with_another_base_recipe(workdir: Path, client):
+    """The study remembers the base recipe it was made for; resuming with another one is refused, naming
+    the fields, before anything is recorded; --resume-changed continues it and tags what changed. More
+    trials, other machines' devices or another store are not another base."""
+    import optuna
+
+    path = write(workdir, TINY)
+    first = sw.sweep(path, trials=1, quiet=True)
+    study = journal_study(workdir, "tiny")
+    made_for = study.user_attrs["retort.base_recipe"]
+    assert made_for["trainer.max_epochs"] == 3 and made_for["optimizer.lr"] == 0.01
+    assert "sweep.trials" not in made_for and not any(k.startswith("tracking.") for k in made_for)
+    assert len(study.user_attrs["retort.base_digest"]) == 64
+    runs = len(all_runs(client))
+    with pytest.raises(RecipeError) as err:
+        sw.sweep(path, overrides=["trainer.max_epochs=2", "model.hidden=[16]"], trials=2, quiet=True)
+    assert err.value.field == "--study"
+    assert "(model.hidden: [8] -> [16]; trainer.max_epochs: 3 -> 2)" in err.value.message
+    assert "use a new --study NAME" in err.value.message and "--resume-changed" in err.value.message
+    assert len(all_runs(client)) == runs and len(journal_study(workdir, "tiny").trials) == 1
+    out = retort("sweep", "tiny.yaml", "--trials", "2", "-s", "trainer.max_epochs=2", cwd=workdir)
+    assert out.returncode == 2 and "trainer.max_epochs: 3 -> 2" in out.stderr and len(out.stderr.splitlines()) == 1
+    again = sw.sweep(path, overrides=["trainer.max_epochs=2", "trainer.threads=1"], trials=2, quiet=True,
+                     resume_changed=True)
+    assert again.parent_run_id == first.parent_run_id
+    assert client.get_run(first.parent_run_id).data.tags["retort.sweep.base_changed"] == "trainer.max_epochs"
+    study = journal_study(workdir, "tiny")
+    assert len(study.trials) == 2 and study.user_attrs["retort.base_recipe"] == made_for  # still the first base
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+@pytest.mark.slow
+def test_stop_rules_end_a_sweep_early_and_record_what_they_saved(workdir: Path, client):
+    """--target, --patience and --timeout: no trial is claimed once a rule holds; the parent run says which
+    rule and what it saved (trials not run, times the mean trial's run time)."""
+    from retort.recipes.sweep.stop import StopRules
+
+    path = write(workdir, TINY.replace("  pruner: median\n  pruner_args: {n_startup_trials: 1}\n", "  pruner: none\n"))
+    result = sw.sweep(path, trials=5, study="target", quiet=True, stop=StopRules(target=10.0))  # any val/loss
+    [trial] = journal_study(workdir, "target").trials
+    assert result.ok and result.stopped == f"target: trial 0 reached {trial.value:.6g} (<= 10)"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["retort.sweep.stopped"] == result.stopped
+    assert parent.data.metrics["stop/trials_saved"] == 4
+    assert parent.data.metrics["stop/seconds_saved"] == pytest.approx(4 * trial.user_attrs["run_seconds"], abs=1e-3)
+
+    result = sw.sweep(path, trials=12, study="patience", quiet=True, stop=StopRules(patience=2))
+    values = [t.value for t in sorted(journal_study(workdir, "patience").trials, key=lambda t: t.number)]
+    best = values.index(min(values))
+    assert len(values) == best + 3 < 12 and result.stopped.startswith(f"patience: no improvement in 2 trials after "
+                                                                       f"trial {best}")
+    for k in range(1, len(values)):  # no earlier point met the rule: the sweep stopped as soon as it held
+        assert len(values[:k]) - 1 - values[:k].index(min(values[:k])) < 2
+    assert client.get_run(result.parent_run_id).data.metrics["stop/trials_saved"] == 12 - len(values)
+
+    out = retort("sweep", "tiny.yaml", "--trials", "50", "--timeout", "10", "--study", "timeout", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    assert "stopped early by timeout: 10 s spent" in out.stdout
+    trials = journal_study(workdir, "timeout").trials
+    assert 1 <= len(trials) < 50 and all(t.state.name == "COMPLETE" for t in trials)
+    starts = sorted(t.datetime_start for t in trials)
+    assert (starts[-1] - starts[0]).total_seconds() < 10

@@ -47,6 +47,8 @@ class Tag:
     SWEEP_METRIC = "retort.sweep.metric"
     SWEEP_DIRECTION = "retort.sweep.direction"
     SWEEP_FIXED = "retort.sweep.fixed"      # swept fields a -s fixed, left out of the space (comma-separated)
+    SWEEP_STOPPED = "retort.sweep.stopped"  # the stop rule that ended the sweep early, and why
+    SWEEP_BASE_CHANGED = "retort.sweep.base_changed"  # fields that differ from the study's base (--resume-changed)
     STUDY = "retort.study"                  # on the parent and on every trial's run
     TRIALS = "retort.trials"
     WORKERS = "retort.workers"
@@ -92,6 +94,8 @@ class Metric:
     TEST_LOSS = "test/loss"
     LR = "lr"
     SYSTEM_PREFIX = "system/"
+    STOP_TRIALS_SAVED = "stop/trials_saved"     # a sweep's parent: trials a stop rule left unrun
+    STOP_SECONDS_SAVED = "stop/seconds_saved"   # and their estimated compute (mean trial run time x trials)
 
 
 class StudyAttr:
@@ -100,6 +104,8 @@ class StudyAttr:
     METRIC = "retort.metric"                # study user attr: the metric the study optimizes
     RECIPE = "retort.recipe"                # study user attr: the base recipe's name
     PARENT_RUN_ID = "mlflow_parent_run_id"  # study user attr: the sweep's parent MLflow run
+    BASE_RECIPE = "retort.base_recipe"      # study user attr: the base recipe it was made for, flat (path -> value)
+    BASE_DIGEST = "retort.base_digest"      # study user attr: SHA-256 of that base
     OWNER = "retort:owner"                  # trial system attr: {host, pid, ctime, worker, seed} of its worker
     BEAT = "retort:heartbeat"               # trial system attr: time.time() of the owner's last heartbeat
     RETRIED = "retort:retried"              # trial system attr: why it was failed and re-queued

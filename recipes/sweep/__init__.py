@@ -38,7 +38,8 @@ This module is the command (its options, :func:`sweep`: the parent's steps in or
 own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
 :mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
 study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.processes`
-(spawned workers, signals), :mod:`.study` (the study and parent run, opened and concluded).
+(spawned workers, signals), :mod:`.study` (the study and parent run, opened and concluded), :mod:`.stop`
+(stop rules).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from retort.recipes.sweep.lease import GRACE_BEATS, reap, study_lock, tally
 from retort.recipes.sweep.plan import SweepResult, make_plan
 from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, quiet_optuna, send, spawn
 from retort.recipes.sweep.search import make_sampler
+from retort.recipes.sweep.stop import StopRules
 from retort.recipes.sweep.storage import PATIENCE, StorageUnavailable, dashboard_command, display, open_storage
 from retort.recipes.sweep.study import conclude, open_parent, open_study, prefetch_analysis
 from retort.recipes.sweep.worker import Worker
@@ -101,6 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
                         help=f"heartbeat of a running trial; a trial silent for {GRACE_BEATS} beats is retried "
                              "(a dead worker on this machine is seen at once; default 10)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="claim no new trial once this much time has passed (running trials finish)")
+    parser.add_argument("--target", type=float, metavar="VALUE",
+                        help="stop once a trial reaches this value of sweep.metric (<= when minimizing)")
+    parser.add_argument("--patience", type=int, metavar="K",
+                        help="stop after K finished trials without improving on the best")
+    parser.add_argument("--resume-changed", action="store_true",
+                        help="continue a study made for another base recipe (refused by default, naming the fields "
+                             "that differ; they are tagged on the parent run)")
     parser.add_argument("--storage-patience", type=float, default=PATIENCE, metavar="SECONDS",
                         help="how long to wait out an unreachable study storage (database restarting, network or "
                              f"disk trouble) before stopping; the same command resumes (default {PATIENCE:g})")
@@ -116,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
                        storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
                        patience=args.storage_patience, tracking_uri=args.tracking_uri, quiet=args.quiet,
-                       command=command_line())
+                       command=command_line(), resume_changed=args.resume_changed,
+                       stop=StopRules(timeout=args.timeout, target=args.target, patience=args.patience))
     except StorageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -125,6 +137,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed of {result.trials} "
               f"(study {result.study!r} in {result.storage})")
         print(f"dashboard: {result.dashboard}")
+        if result.stopped:
+            print(f"stopped early by {result.stopped}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for problem in result.problems:
@@ -140,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
 def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, workers: int = 1,
           storage: str | None = None, study: str | None = None, seed: int | None = None, heartbeat: float = 10.0,
           tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
-          patience: float = PATIENCE) -> SweepResult:
+          patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None) -> SweepResult:
     """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
 
     Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
@@ -154,9 +168,14 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         plan, base = make_plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
                            seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet,
                            patience=patience)
+        plan.stop = stop or StopRules()
+        plan.stop.check()
     except BaseException:
         send(procs, None, [])
         raise
+    if plan.stop.timeout is not None:
+        plan.stop.deadline = time.time() + plan.stop.timeout
+    plan.resume_changed = resume_changed
     if plan.fixed:
         print(f"warning: {', '.join(plan.fixed)} set by -s: left out of sweep.space, every trial runs the value "
               "given", file=sys.stderr, flush=True)
@@ -182,7 +201,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     record.set_tags({Tag.TRIALS: plan.trials, Tag.WORKERS: len(seeds),
                      Tag.SAMPLER_SEEDS: ",".join(map(str, seeds)), Tag.COMMAND: plan.command,
                      Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage),
-                     **({Tag.SWEEP_FIXED: ",".join(plan.fixed)} if plan.fixed else {})})
+                     **({Tag.SWEEP_FIXED: ",".join(plan.fixed)} if plan.fixed else {}),
+                     **({Tag.SWEEP_BASE_CHANGED: ",".join(plan.base_changed)} if plan.base_changed else {})})
     if not quiet:
         from retort.recipes.display import clear_status
 

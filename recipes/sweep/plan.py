@@ -9,6 +9,7 @@ from typing import Any
 from retort.plugins.errors import RecipeError
 from retort.recipes.sweep.search import make_pruner, make_sampler
 from retort.recipes.sweep.space import check_space
+from retort.recipes.sweep.stop import StopRules
 from retort.recipes.sweep.storage import PATIENCE, storage_target
 
 
@@ -30,6 +31,9 @@ class Plan:
     patience: float = PATIENCE   # seconds to wait out an unreachable study storage
 
     fixed: list[str] = field(default_factory=list)  # swept fields that a -s set: left out of the space
+    stop: StopRules = field(default_factory=StopRules)  # when to stop before `trials`
+    resume_changed: bool = False  # continue a study made for another base recipe
+    base_changed: list[str] = field(default_factory=list)  # the fields that differ, when continued anyway
 
     def base(self) -> Any:
         from retort import recipes
@@ -52,6 +56,7 @@ class SweepResult:
     problems: list[str] = field(default_factory=list)   # what makes the command exit 1
     warnings: list[str] = field(default_factory=list)   # worth saying, the study is complete all the same
     wall_seconds: float = 0.0
+    stopped: str | None = None   # the stop rule that ended the sweep before its trials
 
     @property
     def ok(self) -> bool:

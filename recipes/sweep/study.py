@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from retort.recipes.sweep.lease import FAILURE, RUN_ID, is_void, tally
 from retort.recipes.sweep.plan import Plan, SweepResult
 from retort.recipes.sweep.search import grid_of, make_pruner, make_sampler
 from retort.recipes.sweep.space import applied, decode, trial_recipe
+from retort.recipes.sweep.stop import saved, why_stop
 from retort.recipes.sweep.storage import dashboard_command, display
-from retort.tracking.vocabulary import StudyAttr, Tag
+from retort.tracking.vocabulary import Metric, StudyAttr, Tag
 
 
 def prefetch_analysis() -> None:
@@ -48,10 +50,53 @@ def open_study(storage: Any, plan: Plan, base: Any) -> tuple[Any, list[Any]]:
     if metric is not None and metric != base.sweep["metric"]:
         raise RecipeError(f"study {plan.study!r} optimizes {metric!r}, not {base.sweep['metric']!r}; use another "
                           "--study", field="sweep.metric")
+    made_for, digest = study.user_attrs.get(StudyAttr.BASE_RECIPE), base_digest(base)
+    if made_for is not None and study.user_attrs.get(StudyAttr.BASE_DIGEST) != digest:
+        changed = changed_fields(made_for, searched_base(base))
+        if not plan.resume_changed:
+            shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
+            raise RecipeError(f"study {plan.study!r} was made for another base recipe ({shown}): use a new --study "
+                              "NAME for this one, or --resume-changed to continue the study anyway",
+                              field="--study", source=base.source)
+        plan.base_changed = [c.split(":", 1)[0] for c in changed]
     if metric is None:
         study.set_user_attr(StudyAttr.METRIC, base.sweep["metric"])
         study.set_user_attr(Tag.RECIPE, base.name)
+    if made_for is None:  # a new study (or one from before studies remembered their base)
+        study.set_user_attr(StudyAttr.BASE_RECIPE, searched_base(base))
+        study.set_user_attr(StudyAttr.BASE_DIGEST, digest)
     return study, study.get_trials(deepcopy=False)
+
+
+# Fields that say where and how long a sweep runs, not what it searches: they may differ between the
+# invocations (and machines) that share a study.
+_WHERE = ("tracking.", "sweep.trials", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
+          "trainer.strategy", "trainer.threads")
+
+
+def searched_base(base: Any) -> dict[str, Any]:
+    """The base recipe a study is made for, flat: every resolved field but those of :data:`_WHERE`."""
+    return {k: v for k, v in base.flat().items() if not k.startswith(_WHERE)}
+
+
+def base_digest(base: Any) -> str:
+    """SHA-256 of :func:`searched_base`, as canonical JSON."""
+    import hashlib
+
+    text = json.dumps(searched_base(base), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def changed_fields(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``path: old -> new`` for each field that differs (``(none)`` where one side lacks it)."""
+    from retort.tracking.context import mask
+
+    def show(d: dict[str, Any], k: str) -> str:
+        return mask(json.dumps(d[k], default=str))[:80] if k in d else "(none)"
+
+    now = json.loads(json.dumps(now, default=str))  # as the study stored it
+    return [f"{k}: {show(before, k)} -> {show(now, k)}" for k in sorted(set(before) | set(now))
+            if before.get(k, ...) != now.get(k, ...)]
 
 
 def open_parent(study: Any, plan: Plan, base: Any) -> Any:
@@ -111,6 +156,13 @@ def conclude(study: Any, plan: Plan, base: Any, record: Any, problems: list[str]
     oom = sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE and did_not_fit(t))
     record.log({"trials_complete": counts["COMPLETE"] - oom, "trials_pruned": counts["PRUNED"],
                 "trials_failed": counts["FAIL"] + oom}, step=finished)
+    stopped = why_stop(plan.stop, trials, base.sweep["direction"] == "maximize", time.time()) \
+        if finished < plan.trials else None
+    if stopped:
+        left, seconds = saved(trials, plan.trials)
+        result.stopped = stopped
+        record.set_tags({Tag.SWEEP_STOPPED: stopped})
+        record.log({Metric.STOP_TRIALS_SAVED: left, Metric.STOP_SECONDS_SAVED: round(seconds, 3)}, step=finished)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and not did_not_fit(t)]
     if complete:
         best = study.best_trial

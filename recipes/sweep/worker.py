@@ -30,6 +30,7 @@ from retort.recipes.sweep.memory import did_not_fit
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.search import make_pruner, make_sampler
 from retort.recipes.sweep.space import applied, suggest, trial_recipe
+from retort.recipes.sweep.stop import why_stop
 from retort.recipes.sweep.storage import StorageUnavailable, open_storage
 from retort.tracking.vocabulary import StudyAttr, Tag
 
@@ -167,6 +168,8 @@ class Worker:
                 sampler = self.study.sampler
                 if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(self.study):
                     return None
+            if why_stop(self.plan.stop, trials, self.base.sweep["direction"] == "maximize", time.time()):
+                return None
             trial = self.study.ask()
             storage = self.study._storage
             storage.set_trial_system_attr(trial._trial_id, OWNER, self.owner)
