@@ -45,9 +45,11 @@ study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -239,8 +241,13 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
             reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
         record.finish("KILLED", f"interrupted by {exc}")
         raise
-    except BaseException as exc:
-        send(procs, None, [])
+    except BaseException as exc:  # the study out of reach, or a bug: the other workers stop as if interrupted
+        supervisor.forward(signal.SIGTERM)  # (never SIGKILL a working worker: its trial is re-queued cleanly)
+        supervisor.wait()
+        for problem in supervisor.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        with contextlib.suppress(Exception), lock:
+            reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
         record.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise
     problems = supervisor.problems

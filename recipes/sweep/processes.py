@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -31,6 +32,7 @@ class _WorkerArgs:
     seed: int
     threads: int
     parent_pid: int
+    cause: str = ""   # a file where the worker leaves the one line that says why it stopped, for the parent
 
 
 def _worker_main() -> None:
@@ -41,7 +43,16 @@ def _worker_main() -> None:
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, interrupt)
-    index = "?"
+    index, cause = "?", ""
+
+    def fail(exc: BaseException, code: int) -> None:
+        line = f"{type(exc).__name__}: {exc}" if not isinstance(exc, (RecipeError, StorageUnavailable)) else str(exc)
+        print(f"error: worker {index}: {line}", file=sys.stderr)
+        if cause:
+            with contextlib.suppress(OSError):
+                Path(cause).write_text(line[:2000])
+        leave(code)
+
     try:
         import mlflow  # noqa: F401
         import optuna  # noqa: F401
@@ -55,18 +66,16 @@ def _worker_main() -> None:
             args: _WorkerArgs = pickle.load(sys.stdin.buffer)
         except EOFError:
             leave(0)
-        index = str(args.index)
+        index, cause = str(args.index), args.cause
         torch.set_num_threads(args.threads)
         quiet_optuna()
         Worker(args.plan, args.index, args.seed, parent_pid=args.parent_pid).run()
     except Interrupted as exc:
         leave(128 + exc.signum)
     except RecipeError as exc:
-        print(f"error: worker {index}: {exc}", file=sys.stderr)
-        leave(2)
-    except StorageUnavailable as exc:
-        print(f"error: worker {index}: {exc}", file=sys.stderr)
-        leave(1)
+        fail(exc, 2)
+    except Exception as exc:  # the study storage out of reach, or anything else: one line, its cause
+        fail(exc, 1)
     leave(0)
 
 
@@ -115,6 +124,11 @@ def spawn(n: int, total: int) -> list[subprocess.Popen]:
                              stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(n)]
 
 
+def cause_file(worker: int) -> Path:
+    """Where spawned ``worker`` leaves the line that says why it stopped (read, then removed, by the parent)."""
+    return Path(tempfile.gettempdir()) / f"retort-sweep-{os.getpid()}-worker{worker}.cause"
+
+
 def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> list[subprocess.Popen]:
     """Hand spawned worker i (worker number i + 1; this process is worker 0) its arguments and seed
     ``seeds[i]``; stop those not needed (they have done nothing but import). Returns the workers at work."""
@@ -123,7 +137,8 @@ def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> 
     for i, proc in enumerate(used):
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(pickle.dumps(_WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid())))
+            args = _WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid(), str(cause_file(i + 1)))
+            proc.stdin.write(pickle.dumps(args))
             proc.stdin.close()
     for proc in procs[len(used):]:
         proc.kill()
@@ -138,6 +153,7 @@ class Supervisor(threading.Thread):
     def __init__(self, procs: list[subprocess.Popen], plan: Plan):
         super().__init__(name="retort-supervisor", daemon=True)
         self.procs, self.plan = procs, plan
+        self.causes = [cause_file(i + 1) for i in range(len(procs))]
         self.problems: list[str] = []
         self.signum: int | None = None
         self._since: float | None = None
@@ -160,7 +176,7 @@ class Supervisor(threading.Thread):
         import optuna
 
         plan = self.plan
-        study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage, plan.patience))
+        storage = None  # opened when a worker dies: the study may be out of reach meanwhile
         lock = study_lock(plan.storage, plan.study, plan.patience)  # its own: a lock is not shared between threads
         pending = set(range(len(self.procs)))
         while pending:
@@ -177,10 +193,17 @@ class Supervisor(threading.Thread):
                 if rc == 0 or (self.signum is not None and rc in (128 + self.signum, -self.signum)):
                     continue
                 how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
-                problem = f"worker {i + 1} {how}"
-                with lock:
-                    for n in reap(study, plan.tracking_uri, plan.experiment):
-                        problem += f"; its trial {n} is queued to run again"
+                why = self.causes[i].read_text().strip() if self.causes[i].is_file() else ""
+                problem = f"worker {i + 1} stopped: {why}" if why else f"worker {i + 1} {how}"
+                self.causes[i].unlink(missing_ok=True)
+                try:
+                    storage = storage or open_storage(plan.storage, plan.patience)
+                    with lock:
+                        study = optuna.load_study(study_name=plan.study, storage=storage)
+                        for n in reap(study, plan.tracking_uri, plan.experiment):
+                            problem += f"; its trial {n} is queued to run again"
+                except (StorageUnavailable, RecipeError):
+                    problem += "; the study storage is out of reach: its trial runs again when the sweep resumes"
                 self.problems.append(problem)
 
 @contextlib.contextmanager
