@@ -85,3 +85,37 @@ class Proxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+
+class ProxyProcess:
+    """:class:`Proxy` in a process of its own, so that a busy test process does not slow what it forwards;
+    controlled through its stdin."""
+
+    def __init__(self, url: str):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.pgproxy", url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+
+    def outage(self, seconds: float) -> None:
+        self.proc.stdin.write(f"outage {seconds}\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    import sys
+
+    proxy = Proxy(sys.argv[1])
+    print(proxy.url, flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.partition(" ")
+        if command == "outage":
+            proxy.outage(float(arg))
+    proxy.close()

@@ -611,20 +611,23 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
     line and exit 1, and the same command then finishes the study with no trial lost."""
     import optuna
 
-    from tests.pgproxy import Proxy
+    from tests.pgproxy import ProxyProcess
 
     write(workdir, unpruned_digits(6, None))
     exe, env = retort_command()
 
-    proxy = Proxy(postgres_url)
+    proxy = ProxyProcess(postgres_url)
 
     def sweep_cmd(study: str, patience: float) -> list[str]:
         return [str(exe), "sweep", "tiny.yaml", "--storage", proxy.url, "--study", study, "--trials", "3",
                 "--storage-patience", str(patience), "-q"]
 
+    watch = optuna.storages.RDBStorage(postgres_url)
+
     def training(study: str):
+        time.sleep(0.5)  # this process polls gently: the sweep shares its two cores
         try:
-            loaded = optuna.load_study(study_name=study, storage=postgres_url)
+            loaded = optuna.load_study(study_name=study, storage=watch)
         except KeyError:
             return None
         return [t for t in loaded.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.intermediate_values]
@@ -637,7 +640,7 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
             proxy.outage(down if down is not None else 3600)
             out, err = proc.communicate(timeout=300)
         finally:
-            proxy.down_until = 0.0
+            proxy.outage(0)
             if proc.poll() is None:
                 proc.kill()
         assert "is unreachable" in err and "Traceback" not in err, err
