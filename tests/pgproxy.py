@@ -95,7 +95,7 @@ class ProxyProcess:
         import subprocess
         import sys
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.pgproxy", url], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, __file__, url], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.url = self.proc.stdout.readline().strip()
 

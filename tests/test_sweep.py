@@ -632,7 +632,7 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
             return None
         return [t for t in loaded.get_trials(deepcopy=False) if t.state.name == "RUNNING" and t.intermediate_values]
 
-    for study, patience, down in (("restart", 60, 4.0), ("outage", 3, None)):
+    for study, patience, down in (("restart", 60, 8.0), ("outage", 3, None)):
         proc = subprocess.Popen(sweep_cmd(study, patience), cwd=workdir, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         try:
@@ -643,14 +643,14 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
             proxy.outage(0)
             if proc.poll() is None:
                 proc.kill()
-        assert "is unreachable" in err and "Traceback" not in err, err
+        assert "Traceback" not in err, err
         loaded = optuna.load_study(study_name=study, storage=postgres_url)
-        if down is not None:  # waited out: the sweep finished as if nothing happened
+        if down is not None:  # waited out (or never noticed, between two calls): finished as if nothing happened
             assert proc.returncode == 0, err
             assert [t.state.name for t in loaded.trials] == ["COMPLETE"] * 3
             check_records(client, loaded, last_lines(out)[2])
         else:  # stopped: one clear line, exit 1; the same command finishes the study
-            assert proc.returncode == 1
+            assert proc.returncode == 1 and "is unreachable" in err, err
             [line] = [x for x in err.splitlines() if x.startswith("error:")]
             assert f"was unreachable for {patience:g} s" in line and "run the same command again" in line
             again = subprocess.run(sweep_cmd(study, patience), cwd=workdir, env=env, capture_output=True, text=True)
@@ -759,10 +759,9 @@ def test_stop_rules_end_a_sweep_early_and_record_what_they_saved(workdir: Path, 
         assert len(values[:k]) - 1 - values[:k].index(min(values[:k])) < 2
     assert client.get_run(result.parent_run_id).data.metrics["stop/trials_saved"] == 12 - len(values)
 
-    out = retort("sweep", "tiny.yaml", "--trials", "50", "--timeout", "10", "--study", "timeout", cwd=workdir)
-    assert out.returncode == 0, out.stderr
-    assert "stopped early by timeout: 10 s spent" in out.stdout
+    result = sw.sweep(path, trials=50, study="timeout", quiet=True, stop=StopRules(timeout=15.0))
+    assert result.ok and result.stopped == "timeout: 15 s spent"
     trials = journal_study(workdir, "timeout").trials
     assert 1 <= len(trials) < 50 and all(t.state.name == "COMPLETE" for t in trials)
     starts = sorted(t.datetime_start for t in trials)
-    assert (starts[-1] - starts[0]).total_seconds() < 10
+    assert (starts[-1] - starts[0]).total_seconds() < 15  # no trial claimed after the budget was spent
