@@ -48,6 +48,7 @@ COMMAND_MODULES = {  # command -> module with HELP, EXAMPLES, add_arguments(pars
     "predict": "retort.recipes.predict",
     "compare": "retort.tracking.compare",
     "ui": "retort.tracking.ui",
+    "sync": "retort.tracking.liveness",
 }
 
 
@@ -141,7 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run(recipe, tracking_uri=args.tracking_uri, quiet=args.quiet, resume=args.resume)
     except RunFailed as exc:
         display.clear_status()
-        print(f"error: run failed: {exc}", file=sys.stderr)
+        from retort.plugins.errors import shorten
+
+        print(f"error: run failed: {shorten(str(exc), 1000)}", file=sys.stderr)
         if exc.run_id:
             print(f"run_id: {exc.run_id} (FAILED)", file=sys.stderr)
         return 1
@@ -270,7 +273,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # the whole command, not only training
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
     args = _parser().parse_args(argv)
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -342,8 +355,13 @@ def leave(code: int) -> None:
 
 def entry() -> None:
     """The ``retort`` console script: :func:`main`, then :func:`leave` (an uncaught exception leaves the
-    normal way, with its traceback)."""
-    leave(main())
+    normal way, with its traceback). A signal after the work is done changes nothing."""
+    import signal
+
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    leave(code)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,16 @@ class Recorder(pl.Callback):
     """Writes the run's values to its MLflow record in batches, off the training step's path.
 
     Per epoch: ``train/loss`` and ``lr`` of every ``every``-th step not yet recorded, values other
-    callbacks put in ``module.history``, and the epoch's summary. On rank zero only (``record`` is None
-    elsewhere).
+    callbacks put in ``module.history``, and the epoch's summary; within a long epoch, the steps so far once
+    every ``spool_seconds`` (into the record's buffer and its local spool: a SIGKILL loses at most that
+    long), and when training fails mid-epoch. On rank zero only (``record`` is None elsewhere).
     """
+
+    spool_seconds = 1.0
 
     def __init__(self, record: Any, every: int):
         self.record, self.every = record, every
+        self._due = 0.0
 
     def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
         if self.record is not None:
@@ -51,6 +55,15 @@ class Recorder(pl.Callback):
                 self.record.log_series(key, [float(v) for _, v in items], [s for s, _ in items])
         m.history.clear()
         m.recorded_upto = m.batches_seen
+
+    def on_train_batch_end(self, trainer: pl.Trainer, m: Any, outputs: Any, batch: Any, i: int) -> None:
+        if self.record is not None and time.monotonic() >= self._due:
+            if self._due:
+                self.record_steps(m)
+            self._due = time.monotonic() + self.spool_seconds
+
+    def on_exception(self, trainer: pl.Trainer, m: Any, exception: BaseException) -> None:
+        self.record_steps(m)  # the failing epoch's steps, the failing one included
 
     def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
         summary = m.epoch_summary()
@@ -178,7 +191,9 @@ class SignalGuard:
 
 class Interruption(pl.Callback):
     """Acts on a :class:`SignalGuard`'s request at the start of a training batch, when exactly the batches
-    before it are applied: saves a resumable checkpoint, records the epoch so far, then interrupts."""
+    before it are applied (under gradient accumulation, at the start of the next window: gradients of a
+    window's first batches are in no checkpoint): saves a resumable checkpoint, records the epoch so far,
+    then interrupts."""
 
     def __init__(self, guard: SignalGuard, path: Path, recorder: Recorder):
         self.guard, self.path, self.recorder = guard, path, recorder
@@ -197,7 +212,7 @@ class Interruption(pl.Callback):
         raise Interrupted(self.guard.signum or signal.SIGTERM)
 
     def on_train_batch_start(self, trainer: pl.Trainer, m: Any, batch: Any, batch_idx: int) -> None:
-        if self.guard.signum is not None:
+        if self.guard.signum is not None and batch_idx % getattr(m, "accumulate", 1) == 0:
             self.stop(trainer, m)
 
 

@@ -175,7 +175,6 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
                     tags[Tag.PARENT_RUN_ID] = parent_run_id
                 record = RunRecord.start(uri, recipe.tracking["experiment"] or recipe.name,
                                          run_name=recipe.tracking["run_name"], params=recipe.flat(), tags=tags)
-                _record_context(record, recipe, built, tmp)
         elif resume:
             checkpoint = _download_checkpoint(uri, resume, tmp)
         if record is not None and not quiet:
@@ -183,12 +182,14 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
             experiment = recipe.tracking["experiment"] or recipe.name
             print(f"{'resuming' if resume else 'recording'} run {record.run_id} in experiment {experiment!r} "
                   f"({uri})", file=sys.stderr, flush=True)
-        return _run_recorded(built, record, tmp, quiet, list(callbacks), checkpoint, uri)
+        before = (lambda: _record_context(record, recipe, built, tmp)) if record is not None and not resume else None
+        return _run_recorded(built, record, tmp, quiet, list(callbacks), checkpoint, uri, before)
 
 
 def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list[Any],
-                  checkpoint: Path | None, uri: str) -> RunResult:
-    """Fit and test, closing the record as FINISHED, FAILED or KILLED whatever happens.
+                  checkpoint: Path | None, uri: str, before: Any = None) -> RunResult:
+    """Record the context (``before``), fit and test, closing the record as FINISHED, FAILED or KILLED
+    whatever happens, a signal at any moment included.
 
     An :class:`Interrupted` leaves with ``run_id``, ``uri`` and ``resumable`` (a checkpoint was saved) set,
     for the command line to say how to resume."""
@@ -198,10 +199,12 @@ def _run_recorded(built: Built, record: Any, tmp: Path, quiet: bool, extra: list
 
     run_id = record.run_id if record is not None else None
     monitor = None
-    if record is not None and built.recipe.tracking["system_metrics"]:
-        monitor = SystemMonitor(record, built.recipe.tracking["system_metrics_interval"]).start()
-    fit = _Fit(built, record, tmp, quiet, extra, monitor)
+    fit = _Fit(built, record, tmp, quiet, extra)
     try:
+        before and before()
+        if record is not None and built.recipe.tracking["system_metrics"]:
+            monitor = SystemMonitor(record, built.recipe.tracking["system_metrics_interval"]).start()
+        fit.monitor = monitor
         with SignalGuard() as guard:
             result = fit.run(guard, checkpoint)
         if record is not None:

@@ -23,6 +23,12 @@ def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _own_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's run spools (and the subprocesses it starts) under its own folder, not the user's cache."""
+    monkeypatch.setenv("RETORT_SPOOL", str(tmp_path / "spool"))
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _store_template: Path) -> Path:
     """A fresh working folder holding a fresh ./mlflow.db, as the current directory.

@@ -16,6 +16,11 @@ from retort.plugins.errors import RecipeError
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" in rerun, --resume
+# MLflow's HTTP client retries a refused connection 7 times with backoff (minutes per call) while a tracking
+# server is gone; retort keeps what it cannot write in a local spool and tries again later instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 

@@ -26,6 +26,8 @@ class Tag:
     FAILURE = "retort.failure"              # why a run ended FAILED or KILLED
     RESUMED = "retort.resumed"              # "true" once a run was continued with --resume
     RERUN_OF = "retort.rerun_of"            # the run a `retort rerun` repeated
+    PROCESS = "retort.process"              # "host pid start-time" of the process writing the run
+    HEARTBEAT = "retort.heartbeat"          # Unix time of its last sign of life (tracking/liveness.py)
     RECIPE_DIR = "retort.recipe_dir"        # the folder relative paths resolved against
     PATH = "retort.path"                    # prefix: retort.path.data.path, the absolute path a field named
     TESTED = "retort.tested"                # whose weights the test values are of: "epoch 31 of 40 (lowest val/loss)"

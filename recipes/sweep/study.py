@@ -119,7 +119,7 @@ def open_parent(study: Any, plan: Plan, base: Any) -> Any:
             client.update_run(run_id, status="RUNNING")
             if Tag.FAILURE in run.data.tags:  # from an interrupted invocation: no longer true
                 client.delete_tag(run_id, Tag.FAILURE)
-            return RunRecord(client, run_id, run.info.experiment_id)
+            return RunRecord(client, run_id, run.info.experiment_id).adopt(plan.tracking_uri)
     import platform
 
     tags = {Tag.VERSION: version("retort"), Tag.RECIPE: base.name, Tag.RECIPE_SOURCE: base.source or "",
