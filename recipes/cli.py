@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a field by dotted path (repeatable), e.g. -s optimizer.lr=0.01")
         if name == "run":
             p.add_argument("--resume", metavar="RUN_ID",
-                           help="continue an interrupted run from its last checkpoint, into the same MLflow run")
+                           help="continue an interrupted run from its last checkpoint, into the same MLflow run; "
+                                "'auto': the latest interrupted run of RECIPE started by the same command, else a "
+                                "new run (for requeued jobs)")
             p.add_argument("--seeds", type=int, metavar="N",
                            help="run the recipe's seed and the N - 1 after it, as sibling runs under one parent run")
     add("recipes", "list the shipped recipes")
@@ -122,6 +124,8 @@ def _version() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.recipe is None and args.resume == "auto":
+        raise RecipeError("--resume auto continues the latest interrupted run of a RECIPE: give it", field="RECIPE")
     if args.recipe is None and not args.resume:
         raise RecipeError("give a RECIPE (a file or a shipped name; see 'retort recipes')", field="RECIPE")
     if not args.quiet:  # before the imports: PyTorch, Lightning and MLflow take seconds
@@ -278,7 +282,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():  # the whole command, not only training
@@ -356,7 +359,6 @@ def leave(code: int) -> None:
 def entry() -> None:
     """The ``retort`` console script: :func:`main`, then :func:`leave` (an uncaught exception leaves the
     normal way, with its traceback). A signal after the work is done changes nothing."""
-    import signal
 
     code = main()
     for sig in (signal.SIGINT, signal.SIGTERM):

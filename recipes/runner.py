@@ -163,6 +163,11 @@ def run(recipe: Recipe, *, tracking_uri: str | None = None, quiet: bool = False,
     if check is not None:
         check(built)
     uri = resolve_uri(tracking_uri, recipe.tracking["uri"])
+    if resume == "auto":  # a requeued job: the latest interrupted run of this recipe and command, else a new one
+        from retort.tracking.context import command_line
+        from retort.tracking.liveness import latest_interrupted
+
+        resume = latest_interrupted(uri, recipe.name, command or command_line())
     with tempfile.TemporaryDirectory(prefix="retort-") as tmp_dir:
         tmp = Path(tmp_dir)
         record, checkpoint = None, None

@@ -141,7 +141,9 @@ def test_a_failure_mid_epoch_keeps_the_epochs_steps(client):
     [run] = all_runs(client)
     assert run.info.status == "FAILED"
     recorded = client.get_metric_history(run.info.run_id, "train/loss")
-    failed_at = int(run.data.tags["retort.failure"].split("batch ")[1].split()[0].strip(",)"))
+    reason = run.data.tags["retort.failure"]
+    assert "batch " in reason, reason
+    failed_at = int(reason.split("batch ")[1].split()[0].strip(",)"))
     assert sorted(m.step for m in recorded) == list(range(1, failed_at + 1))
 
 
@@ -281,3 +283,19 @@ def test_a_full_disk_under_the_store_is_one_line_and_the_next_command_finishes_t
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
         shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_resume_auto_continues_the_latest_interrupted_run_of_the_same_command(client):
+    recipe = small()
+    command = "retort run small.yaml --resume auto"
+    first = recipes.run(recipe, quiet=True, resume="auto", command=command)  # nothing to resume: a new run
+    with pytest.raises(Interrupted):
+        recipes.run(recipe, quiet=True, callbacks=[_SignalAt(1, 2)], resume="auto", command=command)
+    killed = next(r for r in all_runs(client) if r.info.status == "KILLED")
+    other = "retort run small.yaml -s seed=5 --resume auto"  # another command: not its run to continue
+    assert recipes.run(recipe, quiet=True, resume="auto", command=other).run_id not in (killed.info.run_id,
+                                                                                          first.run_id)
+    resumed = recipes.run(recipe, quiet=True, resume="auto", command=command)
+    assert resumed.run_id == killed.info.run_id
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    assert resumed.metrics == first.metrics

@@ -301,6 +301,39 @@ def _reap(client: Any, skip: set[str]) -> list[str]:
     return done
 
 
+# --- preemption: the run to continue -------------------------------------------------------------
+
+def latest_interrupted(uri: str, recipe: str, command: str) -> str | None:
+    """The latest run of ``recipe`` started by the same command (``--resume auto`` aside) that was interrupted
+    with a checkpoint to resume from, so that a requeued job (SLURM ``--requeue``, a spot instance) needs no
+    run id; None when there is none (the command then starts a new run)."""
+    import re
+
+    from retort.tracking.store import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    recover(uri, client)  # a run whose process died is KILLED now
+
+    def plain(text: str) -> str:
+        return re.sub(r"\s--resume(=|\s+)auto(?=\s|$)", "", text).strip()
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    name = recipe.replace("'", "\\'")
+    runs = client.search_runs(experiments, f"tags.`{Tag.RECIPE}` = '{name}' and attributes.status = 'KILLED'",
+                              order_by=["attributes.start_time DESC"], max_results=100) if experiments else []
+    for run in runs:
+        if plain(run.data.tags.get(Tag.COMMAND, "")) != plain(command):
+            continue
+        if any(a.path.endswith("last.ckpt") for a in client.list_artifacts(run.info.run_id, "checkpoints")):
+            return run.info.run_id
+    return None
+
+
 # --- retort sync ----------------------------------------------------------------------------------
 
 HELP = "upload what runs spooled locally while their store was unreachable, and close runs whose process died"
