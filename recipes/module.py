@@ -208,7 +208,7 @@ class RecipeModule(pl.LightningModule):
     # --- the loop ------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self.compiled_net or self.net)(x)
+        return (self.net if self.compiled_net is None else self.compiled_net)(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
