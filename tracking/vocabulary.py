@@ -69,6 +69,7 @@ class Tag:
     WORKER = "retort.worker"
     SAMPLER_SEED = "retort.sampler_seed"
     RETRY_OF = "retort.retry_of"            # the trial number a re-queued trial repeats
+    PLACEMENT = "retort.placement"          # the CUDA_VISIBLE_DEVICES its worker saw; on the parent, every worker's
 
     # MLflow's own
     PARENT_RUN_ID = "mlflow.parentRunId"

@@ -38,8 +38,8 @@ This module is the command (its options, :func:`sweep`: the parent's steps in or
 own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
 :mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
 study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.processes`
-(spawned workers, signals), :mod:`.study` (the study and parent run, opened and concluded), :mod:`.stop`
-(stop rules).
+(spawned workers, signals), :mod:`.placement` (the GPUs each worker sees), :mod:`.study` (the study and parent
+run, opened and concluded), :mod:`.stop` (stop rules).
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ from typing import Any
 
 from retort.plugins.errors import Interrupted
 from retort.recipes.sweep.lease import GRACE_BEATS, reap, study_lock, tally
+from retort.recipes.sweep.placement import assign, describe, visible_devices
 from retort.recipes.sweep.plan import SweepResult, make_plan
-from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, quiet_optuna, send, spawn
+from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, placed_here, quiet_optuna, send, spawn
 from retort.recipes.sweep.search import make_sampler
 from retort.recipes.sweep.stop import StopRules
 from retort.recipes.sweep.storage import PATIENCE, StorageUnavailable, dashboard_command, display, open_storage
@@ -94,7 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, metavar="N",
                         help="trials the study should hold, over all workers (default: sweep.trials)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
-                        help="worker processes on this machine, each with a fair share of the CPU threads (default 1)")
+                        help="worker processes on this machine, each with a fair share of the CPU threads and, where "
+                             "there are GPUs, its own CUDA_VISIBLE_DEVICES (default 1)")
+    parser.add_argument("--devices", metavar="LIST",
+                        help="GPUs to place workers on, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES, else every GPU)")
+    parser.add_argument("--gpus-per-trial", type=int, metavar="M",
+                        help="GPUs each worker (so each trial) sees (default 1)")
+    parser.add_argument("--trials-per-gpu", type=int, metavar="N",
+                        help="workers that may share one GPU (or group of --gpus-per-trial GPUs; default 1)")
     parser.add_argument("--storage", metavar="URL",
                         help="the study: a journal file path, postgresql://... (many machines) or sqlite:///... "
                              "(one worker); default: <folder of mlflow.db>/optuna/<study>.journal")
@@ -130,7 +138,9 @@ def main(args: argparse.Namespace) -> int:
                        storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
                        patience=args.storage_patience, tracking_uri=args.tracking_uri, quiet=args.quiet,
                        command=command_line(), resume_changed=args.resume_changed,
-                       stop=StopRules(timeout=args.timeout, target=args.target, patience=args.patience))
+                       stop=StopRules(timeout=args.timeout, target=args.target, patience=args.patience),
+                       devices=args.devices, gpus_per_trial=args.gpus_per_trial,
+                       trials_per_gpu=args.trials_per_gpu)
     except StorageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -156,16 +166,23 @@ def main(args: argparse.Namespace) -> int:
 def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, workers: int = 1,
           storage: str | None = None, study: str | None = None, seed: int | None = None, heartbeat: float = 10.0,
           tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
-          patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None) -> SweepResult:
+          patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None,
+          devices: str | None = None, gpus_per_trial: int | None = None,
+          trials_per_gpu: int | None = None) -> SweepResult:
     """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
 
     Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
     SIGINT/SIGTERM (the parent run is then KILLED and interrupted trials are queued to run again).
+    With GPUs (``devices``, else CUDA_VISIBLE_DEVICES, else all) and more than one worker, or any placement
+    option, each worker sees its own devices (:mod:`.placement`).
     """
     start = time.perf_counter()
+    places: list[str] = []
+    if workers > 1 or devices is not None or gpus_per_trial is not None or trials_per_gpu is not None:
+        places = assign(visible_devices(devices), workers, gpus_per_trial or 1, trials_per_gpu or 1)
     # workers start first: they import torch and Lightning (seconds) while this process checks the input and
     # prepares; they touch nothing before send hands them their arguments, and are killed on bad input
-    procs = spawn(workers - 1, workers) if workers > 1 else []
+    procs = spawn(workers - 1, workers, places[1:]) if workers > 1 else []
     try:
         plan, base = make_plan(recipe, overrides, trials=trials, workers=workers, storage=storage, study=study,
                            seed=seed, heartbeat=heartbeat, tracking_uri=tracking_uri, command=command, quiet=quiet,
@@ -205,6 +222,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
                      Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage),
                      **({Tag.SWEEP_FIXED: ",".join(plan.fixed)} if plan.fixed else {}),
                      **({Tag.SWEEP_BASE_CHANGED: ",".join(plan.base_changed)} if plan.base_changed else {})})
+    if places and seeds:
+        record.set_tags({Tag.PLACEMENT: describe(places[:len(seeds)])})
     if not quiet:
         from retort.recipes.display import clear_status
 
@@ -213,8 +232,11 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         print(f"sweep {plan.study!r}: {verb}, {sum(counts.values())} of {plan.trials} trials in the study, "
               f"{len(seeds)} worker{'s' * (len(seeds) != 1)}; storage {display(plan.storage)}; "
               f"parent run {record.run_id}", flush=True)
+        if places and seeds:
+            print(f"placement: {describe(places[:len(seeds)])}", flush=True)
     board = _board(plan, base, study_obj)  # before send: the workers learn that the board prints their lines
-    supervisor = Supervisor(send(procs, plan, seeds[1:]), plan)  # workers 1..k-1; this process is worker 0
+    # workers 1..k-1; this process is worker 0
+    supervisor = Supervisor(send(procs, plan, seeds[1:], placed=bool(places)), plan)
     supervisor.start()
     try:
         try:
@@ -225,7 +247,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
 
                         torch.set_num_threads(max(1, cpus() // len(seeds)))
                     study_obj.sampler = make_sampler(base, seeds[0])
-                    Worker(plan, 0, seeds[0], study=study_obj).run()
+                    with placed_here(places[0] if places else None):
+                        Worker(plan, 0, seeds[0], study=study_obj, placement=places[0] if places else None).run()
                 if supervisor.is_alive():  # a core is free from now on: load what the end needs
                     threading.Thread(target=prefetch_analysis, daemon=True).start()
                 supervisor.wait()

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from retort.plugins.errors import Interrupted, RecipeError
 from retort.recipes.cli import leave
 from retort.recipes.sweep.lease import reap, study_lock
+from retort.recipes.sweep.placement import VISIBLE
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.storage import StorageUnavailable, open_storage
 from retort.recipes.sweep.worker import Worker
@@ -33,6 +34,7 @@ class _WorkerArgs:
     threads: int
     parent_pid: int
     cause: str = ""   # a file where the worker leaves the one line that says why it stopped, for the parent
+    placed: bool = False  # CUDA_VISIBLE_DEVICES was set for this worker: its trials record it
 
 
 def _worker_main() -> None:
@@ -69,7 +71,8 @@ def _worker_main() -> None:
         index, cause = str(args.index), args.cause
         torch.set_num_threads(args.threads)
         quiet_optuna()
-        Worker(args.plan, args.index, args.seed, parent_pid=args.parent_pid).run()
+        placement = os.environ.get(VISIBLE) if args.placed else None
+        Worker(args.plan, args.index, args.seed, parent_pid=args.parent_pid, placement=placement).run()
     except Interrupted as exc:
         leave(128 + exc.signum)
     except RecipeError as exc:
@@ -110,9 +113,9 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def spawn(n: int, total: int) -> list[subprocess.Popen]:
+def spawn(n: int, total: int, places: Sequence[str] = ()) -> list[subprocess.Popen]:
     """Start ``n`` worker processes (of ``total`` workers, this process being one), each with a fair share of
-    the CPU threads; :func:`send` gives them work."""
+    the CPU threads and, given ``places``, the i-th its CUDA_VISIBLE_DEVICES; :func:`send` gives them work."""
     threads = max(1, cpus() // total)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
@@ -120,8 +123,9 @@ def spawn(n: int, total: int) -> list[subprocess.Popen]:
     env.pop("RETORT_RUN_ID", None)
     # each in a session of its own: Ctrl-C reaches the parent only, which forwards exactly one signal
     code = "from retort.recipes.sweep.processes import _worker_main; _worker_main()"
-    return [subprocess.Popen([sys.executable, "-c", code],
-                             stdin=subprocess.PIPE, env=env, start_new_session=True) for _ in range(n)]
+    return [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             env={**env, VISIBLE: places[i]} if places else env, start_new_session=True)
+            for i in range(n)]
 
 
 def cause_file(worker: int) -> Path:
@@ -129,7 +133,8 @@ def cause_file(worker: int) -> Path:
     return Path(tempfile.gettempdir()) / f"retort-sweep-{os.getpid()}-worker{worker}.cause"
 
 
-def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> list[subprocess.Popen]:
+def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int],
+         placed: bool = False) -> list[subprocess.Popen]:
     """Hand spawned worker i (worker number i + 1; this process is worker 0) its arguments and seed
     ``seeds[i]``; stop those not needed (they have done nothing but import). Returns the workers at work."""
     threads = max(1, cpus() // (len(seeds) + 1))
@@ -137,7 +142,7 @@ def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int]) -> 
     for i, proc in enumerate(used):
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            args = _WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid(), str(cause_file(i + 1)))
+            args = _WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid(), str(cause_file(i + 1)), placed)
             proc.stdin.write(pickle.dumps(args))
             proc.stdin.close()
     for proc in procs[len(used):]:
@@ -205,6 +210,24 @@ class Supervisor(threading.Thread):
                 except (StorageUnavailable, RecipeError):
                     problem += "; the study storage is out of reach: its trial runs again when the sweep resumes"
                 self.problems.append(problem)
+
+@contextlib.contextmanager
+def placed_here(devices: str | None) -> Iterator[None]:
+    """This process (worker 0) sees ``devices`` while it runs trials: CUDA reads the variable when it starts,
+    which no trial has done before; afterwards the variable is as it was."""
+    if devices is None:
+        yield
+        return
+    before = os.environ.get(VISIBLE)
+    os.environ[VISIBLE] = devices
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(VISIBLE, None)
+        else:
+            os.environ[VISIBLE] = before
+
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:

@@ -112,10 +112,12 @@ def finished_line(trial: Any, finished: int, trials: int, metric: str) -> str:
 class Worker:
     """Runs trials of one study in this process until the study holds ``plan.trials`` of them."""
 
-    def __init__(self, plan: Plan, index: int, seed: int, study: Any = None, parent_pid: int | None = None):
+    def __init__(self, plan: Plan, index: int, seed: int, study: Any = None, parent_pid: int | None = None,
+                 placement: str | None = None):
         import optuna
 
         self.plan, self.index, self.seed, self.parent_pid = plan, index, seed, parent_pid
+        self.placement = placement  # the CUDA_VISIBLE_DEVICES this worker was given, recorded on its trials
         self.base = plan.base()
         self.metric = self.base.sweep["metric"]
         if study is None:
@@ -181,6 +183,8 @@ class Worker:
         tags = {Tag.STUDY: self.plan.study, Tag.TRIAL: str(trial.number),
                 Tag.WORKER: str(self.index), Tag.SAMPLER_SEED: str(self.seed),
                 Tag.RUN_NAME: f"{self.plan.study} trial {trial.number}"}
+        if self.placement is not None:
+            tags[Tag.PLACEMENT] = self.placement
         retry_of = trial.user_attrs.get(RETRY_OF)
         if retry_of is not None:
             tags[Tag.RETRY_OF] = str(retry_of)
