@@ -2,6 +2,7 @@
 
 Lightning calls plain callbacks' ``on_train_epoch_end`` before the module's and before early stopping
 and checkpoints; these read :meth:`recipes.module.RecipeModule.epoch_summary`, which owns the arithmetic.
+The order of the loop's events is :mod:`retort.recipes.events`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ optimization), with Lightning doing devices, precision, distribution and checkpo
     test: test/loss, test/<metric>
 
 Per step the loop keeps only the detached loss tensor (no host sync, no logger call): the recorder and
-the epoch line read :meth:`RecipeModule.epoch_summary` once per epoch.
+the epoch line read :meth:`RecipeModule.epoch_summary` once per epoch. :mod:`retort.recipes.events` says
+which event happens when and who acts on it.
 """
 
 from __future__ import annotations
