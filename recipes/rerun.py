@@ -60,8 +60,8 @@ def recorded_recipe(client: Any, run_id: str, tmp: Path, *, recorded_code: bool 
     record's copies with ``recorded_code``; ``warnings`` collects what differs."""
     from mlflow.exceptions import MlflowException
 
+    from retort import recipes
     from retort.recipes import RecipeError, imports
-    from retort.recipes.schema import resolve
     from retort.recipes.yamlio import load_file
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bad input is one line
@@ -79,8 +79,8 @@ def recorded_recipe(client: Any, run_id: str, tmp: Path, *, recorded_code: bool 
     base = tags.get(Tag.RECIPE_DIR) or None
     copies = _code(client, run_id, tmp, recorded_code, warnings if warnings is not None else []) \
         if isinstance(raw, dict) and raw.get("imports") else {}
-    with imports.substitute(copies):
-        recipe = resolve(raw, source=f"run:{run_id}", base=base)
+    with imports.substitute(copies):  # the one loader, as `retort run` uses it
+        recipe = recipes.load(recipes.Draft(raw, f"run:{run_id}", "recipe", base))
     for key in recipe.paths:
         recipe.paths[key] = tags.get(f"{Tag.PATH}.{key}", recipe.paths[key])
     return recipe

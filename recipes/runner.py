@@ -306,10 +306,10 @@ def _log_model(record: Any, built: Built, tmp: Path) -> None:
 
 def _same_recipe(recipe: Recipe, recorded_yaml: Path, run_id: str) -> None:
     """Refuse to resume ``run_id`` with a recipe that differs from the one it recorded."""
-    from retort.recipes.schema import resolve
+    from retort import recipes
     from retort.recipes.yamlio import load_file
 
-    recorded = resolve(load_file(recorded_yaml), base=recipe.base)
+    recorded = recipes.load(recipes.Draft(load_file(recorded_yaml), str(recorded_yaml), recipe.name, recipe.base))
     diff = sorted(k for k, v in recipe.flat().items() if recorded.flat().get(k, v) != v)
     if diff:
         raise RecipeError(f"the recipe differs from run {run_id}'s in {', '.join(diff)}; resume it with the "

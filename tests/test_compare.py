@@ -295,7 +295,7 @@ def test_bad_input_exits_2_naming_it(store: Store, cli, tmp_path: Path):
          "no experiment 'nope'"),
         (["compare", "--experiment", "empty", "--tracking-uri", store.uri], "experiment 'empty' has no runs"),
         (["compare", "--experiment", "grid", "--metric", "val/nope", "--tracking-uri", store.uri],
-         "no run has a metric 'val/nope'; metrics: lr, test/accuracy"),
+         "no run has a metric 'val/nope'; metrics: lr, perf/data_wait_fraction, perf/samples_per_second"),
         (["compare", "--sweep", unknown, "--tracking-uri", store.uri], f"--sweep: no run '{unknown}'"),
         (["compare", "--sweep", store.grid[(0.01, 0)], "--tracking-uri", store.uri], "has no child runs"),
         (["compare", "--tracking-uri", f"sqlite:///{tmp_path / 'missing.db'}"], f"no MLflow store at {tmp_path}"),

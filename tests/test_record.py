@@ -321,6 +321,7 @@ def test_metric_rows_written_in_one_insert_read_back_as_mlflow_wrote_them(backen
 def test_rerun_of_a_gpu_record_compares_within_tolerance_and_names_what_differs(client, workdir: Path, capsys):
     import argparse
 
+    from retort.recipes.cli import _parser
     from retort.recipes.rerun import main
 
     result = recipes.run(small(trainer={"max_epochs": 1, "accelerator": "cpu"}), quiet=True)
@@ -329,7 +330,7 @@ def test_rerun_of_a_gpu_record_compares_within_tolerance_and_names_what_differs(
     client.set_tag(result.run_id, "gpu.model", "NVIDIA H200")
     loss = client.get_run(result.run_id).data.metrics["test/loss"]
     client.log_metric(result.run_id, "test/loss", loss * (1 + 4e-4), step=99)
-    args = argparse.Namespace(run_id=result.run_id, tracking_uri=None, quiet=True, tolerance=None)
+    args = _parser().parse_args(["rerun", result.run_id, "-q"])  # the command's own defaults
     assert main(args) == 0
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
