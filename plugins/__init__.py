@@ -6,7 +6,7 @@ scheduler the optimizer, a model and a metric the data set's :class:`~plugins.da
 other parameters are the plugin's config fields, typed and defaulted by the signature itself, so a
 recipe is validated and filled against the signature and ``retort show`` prints every default::
 
-    >>> import plugins
+    >>> from retort import plugins
     >>> loss = plugins.build("loss", "mse")
     >>> plugins.resolve("optimizer", {"name": "rmsprop", "eta": 0.01})["lr"]
     0.01
@@ -21,6 +21,9 @@ register; ``name = "pkg.module:func"`` calls ``func()``)::
         return lambda yhat, y: scale * (yhat - y).abs().mean()
 
 Built-in modules are imported on first use of their kind, so importing this package is cheap.
+
+Longer than most modules (about 460 lines) because it is one question: what a registry holds and how a
+spec becomes a plugin (lookup, aliases, chains, validation against signatures, entry points).
 """
 
 from __future__ import annotations

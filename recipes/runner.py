@@ -1,5 +1,6 @@
 """Run a recipe: build everything (bad input stops here, before anything is recorded), then train, test
-and record one MLflow run whose final status says how it ended."""
+and record one MLflow run whose final status says how it ended. About 410 lines: build, record and close
+are one sequence whose order is the point (nothing recorded before every check passed)."""
 
 from __future__ import annotations
 

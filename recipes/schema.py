@@ -5,6 +5,9 @@ are ``{name: ..., field: value}`` mappings whose fields come from two places: th
 of that kind shares (the ``*Options`` classes below, handled by the loop) and the plugin's own fields
 (its factory's signature, see ``plugins``). Resolution fills every default, so the resolved recipe
 printed by ``retort show`` is complete and runs the same run.
+
+Longer than most modules (about 540 lines): every section's shared options and the checks across
+sections (a monitor the data can feed, a loss that fits the task) are read together, as one schema.
 """
 
 from __future__ import annotations
