@@ -132,7 +132,7 @@ def test_plugins_kind_name_prints_fields_with_types_defaults_and_docs(capsys):
     assert main(["plugins", "optimizer", "adam"]) == 0
     assert "  lr (alias eta)               float                0.001" in capsys.readouterr().out
     assert error(capsys, "plugins", "model", "mlpp").startswith(  # (the other tests' own models may follow)
-        "error: NAME: unknown model 'mlpp' (did you mean 'mlp'?); valid choices: cnn, gpt, linear, mlp, resnet")
+        "error: NAME: unknown model 'mlpp' (did you mean 'mlp'?); valid choices: cnn, gpt, linear, mlp")
 
 
 # --- the console script: run from elsewhere, rerun from the record alone ----------------------------

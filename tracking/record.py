@@ -256,7 +256,13 @@ class RunRecord:
                 self.spool.artifact(path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        """A folder of artifacts (the MLflow model); what the store refuses waits in the spool, file by file."""
+        if not self._write(self.client.log_artifacts, self.run_id, str(folder), artifact_path):
+            folder = Path(folder)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                inside = path.parent.relative_to(folder).as_posix()
+                where = "/".join(x for x in (artifact_path, inside) if x and x != ".")
+                self.spool.artifact(path, where or None)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not self._write(self.client.log_artifact, self.run_id, str(path), artifact_path):

@@ -200,7 +200,9 @@ def main(args: argparse.Namespace) -> int:
     bin_dir = Path(sys.executable).parent
     logs = Path(tempfile.mkdtemp(prefix="retort-ui-"))
     servers: list[tuple[subprocess.Popen, str, Path]] = []  # (process, what, log)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM are how a server is stopped: exit 0 (the command line's own handler would treat them
+    # as an interrupted run)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         log = logs / "mlflow.log"
         servers.append((_start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
@@ -232,7 +234,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _stop([proc for proc, _, _ in servers])
 
 
