@@ -196,10 +196,10 @@ def test_sweep_board_reads_running_and_finished_trials_from_the_study(monkeypatc
 SWEEP = """\
 name: tiny
 seed: 0
-data: {name: wine, batch_size: 4}
+data: {name: wine, batch_size: 2}
 model: {name: mlp, hidden: [8]}
 optimizer: {name: adam, lr: 0.01}
-trainer: {max_epochs: 20, accelerator: cpu, devices: 1}
+trainer: {max_epochs: 80, accelerator: cpu, devices: 1}
 tracking: {checkpoint: false, system_metrics: false}
 sweep:
   metric: val/loss
