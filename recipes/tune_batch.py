@@ -55,7 +55,8 @@ EXAMPLES = """examples:
 Batch sizes double from 1 until a training step runs out of memory, passes --max-memory or reaches the
 training split's size, then a binary search finds the largest that fits. The answer is that size less
 --margin (when memory was the limit), rounded down to a power of two; paste the printed
-sweep.space.data.batch_size choices into the recipe. One device is used (per-device batch size under DDP).
+sweep.space.data.batch_size choices into the recipe (or let retort sweep --cap-batch-size probe and cap
+them by itself). One device is used (per-device batch size under DDP).
 Sizes: 512MB = 512*10^6 bytes, 512MiB or 512M = 512*2^20. The weights are not kept and no MLflow run is
 recorded."""
 
@@ -186,12 +187,13 @@ class BatchSearch:
 
 
 def find_batch_size(built: Any, *, max_memory: int | None = None, margin: float = 0.2, steps: int = 2,
-                    report: Callable[[str], None] | None = None) -> BatchSearch:
+                    report: Callable[[str], None] | None = None, exact: bool = False) -> BatchSearch:
     """Doubling then binary search for the largest batch whose ``steps`` training steps fit (on copies of the
     module: ``built`` is not trained).
 
     The binary search stops once every size left between ``largest`` and ``failed`` gives the same answer
-    (the answer is rounded down to a power of two, so the last few tries could not change it).
+    (the answer is rounded down to a power of two, so the last few tries could not change it); ``exact``
+    searches on to the largest size that fits (a sweep caps its own choices by it).
     """
     import pytorch_lightning as pl
 
@@ -223,7 +225,7 @@ def find_batch_size(built: Any, *, max_memory: int | None = None, margin: float 
             break
         b = min(2 * b, n_train)
     while search.failed is not None and search.failed - search.largest > 1 \
-            and answer(search.largest) != answer(search.failed - 1):
+            and (exact or answer(search.largest) != answer(search.failed - 1)):
         mid = (search.largest + search.failed) // 2
         if fits(mid):
             search.largest = mid

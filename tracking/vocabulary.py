@@ -51,6 +51,9 @@ class Tag:
     SWEEP_FIXED = "retort.sweep.fixed"      # swept fields a -s fixed, left out of the space (comma-separated)
     SWEEP_STOPPED = "retort.sweep.stopped"  # the stop rule that ended the sweep early, and why
     SWEEP_BASE_CHANGED = "retort.sweep.base_changed"  # fields that differ from the study's base (--resume-changed)
+    SWEEP_BATCH_FITS = "retort.sweep.batch_size_fits"  # --cap-batch-size: the largest batch that fits
+    SWEEP_BATCH_CAP = "retort.sweep.batch_size_cap"    # the largest kept (empty: the training split ended the probe)
+    SWEEP_BATCH_DROPPED = "retort.sweep.batch_size_dropped"  # the batch sizes left out of the space (comma-separated)
     STUDY = "retort.study"                  # on the parent and on every trial's run
     TRIALS = "retort.trials"
     WORKERS = "retort.workers"

@@ -56,7 +56,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from retort.plugins.errors import Interrupted
+from retort.plugins.errors import Interrupted, RecipeError
+from retort.recipes.sweep.cap import cap_batch_sizes
 from retort.recipes.sweep.lease import GRACE_BEATS, reap, study_lock, tally
 from retort.recipes.sweep.placement import assign, describe, visible_devices
 from retort.recipes.sweep.plan import SweepResult, make_plan
@@ -103,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPUs each worker (so each trial) sees (default 1)")
     parser.add_argument("--trials-per-gpu", type=int, metavar="N",
                         help="workers that may share one GPU (or group of --gpus-per-trial GPUs; default 1)")
+    parser.add_argument("--cap-batch-size", action="store_true",
+                        help="probe once before the study starts (as retort batch-size) and drop the space's "
+                             "data.batch_size values above the largest that fits, less a 0.2 margin")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="with --cap-batch-size: the largest peak memory a training step may use, e.g. 512MB "
+                             "(needed on CPU; default on a GPU: its memory)")
     parser.add_argument("--storage", metavar="URL",
                         help="the study: a journal file path, postgresql://... (many machines) or sqlite:///... "
                              "(one worker); default: <folder of mlflow.db>/optuna/<study>.journal")
@@ -129,6 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from retort.recipes.display import status
+    from retort.recipes.tune_batch import parse_size
     from retort.tracking.context import command_line
 
     if not args.quiet:  # before the imports: Optuna, PyTorch, Lightning and MLflow take seconds
@@ -140,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
                        command=command_line(), resume_changed=args.resume_changed,
                        stop=StopRules(timeout=args.timeout, target=args.target, patience=args.patience),
                        devices=args.devices, gpus_per_trial=args.gpus_per_trial,
-                       trials_per_gpu=args.trials_per_gpu)
+                       trials_per_gpu=args.trials_per_gpu, cap_batch_size=args.cap_batch_size,
+                       max_memory=parse_size(args.max_memory) if args.max_memory is not None else None)
     except StorageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -168,13 +177,16 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
           tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
           patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None,
           devices: str | None = None, gpus_per_trial: int | None = None,
-          trials_per_gpu: int | None = None) -> SweepResult:
+          trials_per_gpu: int | None = None, cap_batch_size: bool = False,
+          max_memory: int | None = None) -> SweepResult:
     """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
 
     Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
     SIGINT/SIGTERM (the parent run is then KILLED and interrupted trials are queued to run again).
     With GPUs (``devices``, else CUDA_VISIBLE_DEVICES, else all) and more than one worker, or any placement
-    option, each worker sees its own devices (:mod:`.placement`).
+    option, each worker sees its own devices (:mod:`.placement`). ``cap_batch_size`` probes the base recipe
+    once, before the study opens, and drops the space's batch sizes that do not fit (peak at most
+    ``max_memory`` bytes, else the device's memory; :mod:`.cap`).
     """
     start = time.perf_counter()
     places: list[str] = []
@@ -189,9 +201,18 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
                            patience=patience)
         plan.stop = stop or StopRules()
         plan.stop.check()
+        capped = None
+        if cap_batch_size:  # on worker 0's devices: this process is worker 0 (placed_here)
+            with placed_here(places[0] if places else None):
+                capped = cap_batch_sizes(plan, base, max_memory)
+            base = plan.base()
+        elif max_memory is not None:
+            raise RecipeError("bounds the batch-size probe: give it with --cap-batch-size", field="--max-memory")
     except BaseException:
         send(procs, None, [])
         raise
+    if capped is not None and not quiet:
+        print(capped.line(), file=sys.stderr, flush=True)
     if plan.stop.timeout is not None:
         plan.stop.deadline = time.time() + plan.stop.timeout
     plan.resume_changed = resume_changed
@@ -222,6 +243,9 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
                      Tag.STORAGE: display(plan.storage), Tag.DASHBOARD: dashboard_command(plan.storage),
                      **({Tag.SWEEP_FIXED: ",".join(plan.fixed)} if plan.fixed else {}),
                      **({Tag.SWEEP_BASE_CHANGED: ",".join(plan.base_changed)} if plan.base_changed else {})})
+    if capped is not None:
+        record.set_tags({Tag.SWEEP_BATCH_FITS: capped.largest, Tag.SWEEP_BATCH_CAP: capped.cap or "",
+                         Tag.SWEEP_BATCH_DROPPED: ",".join(map(str, capped.dropped))})
     if places and seeds:
         record.set_tags({Tag.PLACEMENT: describe(places[:len(seeds)])})
     if not quiet:
