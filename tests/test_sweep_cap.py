@@ -65,3 +65,15 @@ def test_cap_of_an_integer_range_lowers_its_top(tmp_path: Path):
     space = plan.base().sweep["space"]
     assert (space["data.batch_size"]["low"], space["data.batch_size"]["high"]) == (4, 20)
     assert space["optimizer.lr"] == base.sweep["space"]["optimizer.lr"]
+
+
+def test_cap_on_the_command_line_bad_input_exits_2(workdir: Path, client, capsys):
+    from retort.recipes.cli import main
+
+    write(workdir, ONE_EPOCH)
+    assert main(["sweep", "tiny.yaml", "-q", "--cap-batch-size"]) == 2
+    assert main(["sweep", "tiny.yaml", "-q", "--cap-batch-size", "--max-memory", "12XB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--max-memory: nothing runs out of memory on cpu" in err[0], err
+    assert "--max-memory: cannot read '12XB' as a size" in err[1], err
+    assert all_runs(client) == [] and not (workdir / "optuna").exists()
