@@ -64,17 +64,17 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def parse_size(text: str) -> int:
-    """``"512MB"`` -> 512000000, ``"1.5GiB"`` -> 1610612736, ``"4096"`` -> 4096 bytes."""
+def parse_size(text: str, field: str = "--max-memory") -> int:
+    """``"512MB"`` -> 512000000, ``"1.5GiB"`` -> 1610612736, ``"4096"`` -> 4096 bytes (``field``: the option read)."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else ""
     if match is None or unit not in _UNITS:
         raise RecipeError(f"cannot read {text!r} as a size; give bytes or a number with a unit: B, KB, MB, GB, TB "
                           "(powers of 1000) or KiB, MiB, GiB, TiB, K, M, G, T (powers of 1024), e.g. 512MB",
-                          field="--max-memory")
+                          field=field)
     size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
-        raise RecipeError(f"--max-memory must be above zero, got {text!r}", field="--max-memory")
+        raise RecipeError(f"{field} must be above zero, got {text!r}", field=field)
     return size
 
 

@@ -73,6 +73,8 @@ class Tag:
     SAMPLER_SEED = "retort.sampler_seed"
     RETRY_OF = "retort.retry_of"            # the trial number a re-queued trial repeats
     PLACEMENT = "retort.placement"          # the CUDA_VISIBLE_DEVICES its worker saw; on the parent, every worker's
+    THREADS = "retort.threads"              # the torch CPU threads its worker had (its share of the machine's)
+    GPU_MEMORY = "retort.gpu_memory"        # its memory budget on each GPU, where one was set (--gpu-memory, packing)
 
     # MLflow's own
     PARENT_RUN_ID = "mlflow.parentRunId"

@@ -38,8 +38,8 @@ This module is the command (its options, :func:`sweep`: the parent's steps in or
 own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
 :mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
 study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.processes`
-(spawned workers, signals), :mod:`.placement` (the GPUs each worker sees), :mod:`.study` (the study and parent
-run, opened and concluded), :mod:`.stop` (stop rules).
+(spawned workers, signals), :mod:`.placement` (the GPUs each worker sees), :mod:`.share` (its threads and GPU
+memory), :mod:`.study` (the study and parent run, opened and concluded), :mod:`.stop` (stop rules).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from retort.recipes.sweep.placement import assign, describe, visible_devices
 from retort.recipes.sweep.plan import SweepResult, make_plan
 from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, placed_here, quiet_optuna, send, spawn
 from retort.recipes.sweep.search import make_sampler
+from retort.recipes.sweep.share import shares
 from retort.recipes.sweep.stop import StopRules
 from retort.recipes.sweep.storage import PATIENCE, StorageUnavailable, dashboard_command, display, open_storage
 from retort.recipes.sweep.study import conclude, open_parent, open_study, prefetch_analysis
@@ -103,13 +104,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-trial", type=int, metavar="M",
                         help="GPUs each worker (so each trial) sees (default 1)")
     parser.add_argument("--trials-per-gpu", type=int, metavar="N",
-                        help="workers that may share one GPU (or group of --gpus-per-trial GPUs; default 1)")
+                        help="workers that may share one GPU (or group of --gpus-per-trial GPUs; default 1); "
+                             "sharers divide its memory evenly unless --gpu-memory says")
+    parser.add_argument("--gpu-memory", metavar="SIZE",
+                        help="each worker's memory budget on each of its GPUs, e.g. 20GiB (a trial over it fails as "
+                             "out of memory, alone); default: an even share where workers share a GPU, else no limit")
     parser.add_argument("--cap-batch-size", action="store_true",
                         help="probe once before the study starts (as retort batch-size) and drop the space's "
                              "data.batch_size values above the largest that fits, less a 0.2 margin")
     parser.add_argument("--max-memory", metavar="SIZE",
                         help="with --cap-batch-size: the largest peak memory a training step may use, e.g. 512MB "
-                             "(needed on CPU; default on a GPU: its memory)")
+                             "(needed on CPU; default on a GPU: --gpu-memory, else its memory)")
     parser.add_argument("--storage", metavar="URL",
                         help="the study: a journal file path, postgresql://... (many machines) or sqlite:///... "
                              "(one worker); default: <folder of mlflow.db>/optuna/<study>.journal")
@@ -149,7 +154,8 @@ def main(args: argparse.Namespace) -> int:
                        stop=StopRules(timeout=args.timeout, target=args.target, patience=args.patience),
                        devices=args.devices, gpus_per_trial=args.gpus_per_trial,
                        trials_per_gpu=args.trials_per_gpu, cap_batch_size=args.cap_batch_size,
-                       max_memory=parse_size(args.max_memory) if args.max_memory is not None else None)
+                       max_memory=parse_size(args.max_memory) if args.max_memory is not None else None,
+                       gpu_memory=parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None)
     except StorageUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -178,20 +184,23 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
           patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None,
           devices: str | None = None, gpus_per_trial: int | None = None,
           trials_per_gpu: int | None = None, cap_batch_size: bool = False,
-          max_memory: int | None = None) -> SweepResult:
+          max_memory: int | None = None, gpu_memory: int | None = None) -> SweepResult:
     """Run (or resume) the Optuna sweep of ``recipe`` (a path, a shipped name or a Recipe) with ``overrides``.
 
     Raises :class:`RecipeError` on bad input before anything is recorded, :class:`Interrupted` on
     SIGINT/SIGTERM (the parent run is then KILLED and interrupted trials are queued to run again).
     With GPUs (``devices``, else CUDA_VISIBLE_DEVICES, else all) and more than one worker, or any placement
-    option, each worker sees its own devices (:mod:`.placement`). ``cap_batch_size`` probes the base recipe
-    once, before the study opens, and drops the space's batch sizes that do not fit (peak at most
-    ``max_memory`` bytes, else the device's memory; :mod:`.cap`).
+    option, each worker sees its own devices (:mod:`.placement`); workers divide the CPU threads, and those
+    sharing a GPU its memory (``gpu_memory`` bytes each, else evenly; :mod:`.share`). ``cap_batch_size``
+    probes the base recipe once, before the study opens, and drops the space's batch sizes that do not fit
+    (peak at most ``max_memory`` bytes, else ``gpu_memory``, else the device's memory; :mod:`.cap`).
     """
     start = time.perf_counter()
     places: list[str] = []
-    if workers > 1 or devices is not None or gpus_per_trial is not None or trials_per_gpu is not None:
+    if workers > 1 or devices is not None or gpus_per_trial is not None or trials_per_gpu is not None or (
+            gpu_memory is not None):
         places = assign(visible_devices(devices), workers, gpus_per_trial or 1, trials_per_gpu or 1)
+    shares(workers, places, cpus(), gpu_memory)  # budgets the devices cannot hold are bad input
     # workers start first: they import torch and Lightning (seconds) while this process checks the input and
     # prepares; they touch nothing before send hands them their arguments, and are killed on bad input
     procs = spawn(workers - 1, workers, places[1:]) if workers > 1 else []
@@ -204,7 +213,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         capped = None
         if cap_batch_size:  # on worker 0's devices: this process is worker 0 (placed_here)
             with placed_here(places[0] if places else None):
-                capped = cap_batch_sizes(plan, base, max_memory)
+                capped = cap_batch_sizes(plan, base, max_memory if max_memory is not None else gpu_memory)
             base = plan.base()
         elif max_memory is not None:
             raise RecipeError("bounds the batch-size probe: give it with --cap-batch-size", field="--max-memory")
@@ -259,20 +268,18 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         if places and seeds:
             print(f"placement: {describe(places[:len(seeds)])}", flush=True)
     board = _board(plan, base, study_obj)  # before send: the workers learn that the board prints their lines
-    # workers 1..k-1; this process is worker 0
-    supervisor = Supervisor(send(procs, plan, seeds[1:], placed=bool(places)), plan)
+    # workers 1..k-1; this process is worker 0; each with its share of the threads and of a shared GPU
+    parts = shares(len(seeds), places[:len(seeds)], cpus(), gpu_memory) if seeds else []
+    supervisor = Supervisor(send(procs, plan, seeds[1:], parts[1:], placed=bool(places)), plan)
     supervisor.start()
     try:
         try:
             with interruptible():
                 if seeds:
-                    if len(seeds) > 1:
-                        import torch
-
-                        torch.set_num_threads(max(1, cpus() // len(seeds)))
                     study_obj.sampler = make_sampler(base, seeds[0])
                     with placed_here(places[0] if places else None):
-                        Worker(plan, 0, seeds[0], study=study_obj, placement=places[0] if places else None).run()
+                        Worker(plan, 0, seeds[0], study=study_obj, placement=places[0] if places else None,
+                               share=parts[0]).run()
                 if supervisor.is_alive():  # a core is free from now on: load what the end needs
                     threading.Thread(target=prefetch_analysis, daemon=True).start()
                 supervisor.wait()

@@ -22,6 +22,7 @@ from retort.recipes.cli import leave
 from retort.recipes.sweep.lease import reap, study_lock
 from retort.recipes.sweep.placement import VISIBLE
 from retort.recipes.sweep.plan import Plan
+from retort.recipes.sweep.share import Share
 from retort.recipes.sweep.storage import StorageUnavailable, open_storage
 from retort.recipes.sweep.worker import Worker
 
@@ -31,7 +32,7 @@ class _WorkerArgs:
     plan: Plan
     index: int
     seed: int
-    threads: int
+    share: Share         # its CPU threads and GPU memory budget
     parent_pid: int
     cause: str = ""   # a file where the worker leaves the one line that says why it stopped, for the parent
     placed: bool = False  # CUDA_VISIBLE_DEVICES was set for this worker: its trials record it
@@ -59,7 +60,7 @@ def _worker_main() -> None:
         import mlflow  # noqa: F401
         import optuna  # noqa: F401
         import pytorch_lightning  # noqa: F401
-        import torch
+        import torch  # noqa: F401
 
         import retort.recipes.runner  # noqa: F401
 
@@ -69,10 +70,10 @@ def _worker_main() -> None:
         except EOFError:
             leave(0)
         index, cause = str(args.index), args.cause
-        torch.set_num_threads(args.threads)
         quiet_optuna()
         placement = os.environ.get(VISIBLE) if args.placed else None
-        Worker(args.plan, args.index, args.seed, parent_pid=args.parent_pid, placement=placement).run()
+        Worker(args.plan, args.index, args.seed, parent_pid=args.parent_pid, placement=placement,
+               share=args.share).run()
     except Interrupted as exc:
         leave(128 + exc.signum)
     except RecipeError as exc:
@@ -115,7 +116,8 @@ def cpus() -> int:
 
 def spawn(n: int, total: int, places: Sequence[str] = ()) -> list[subprocess.Popen]:
     """Start ``n`` worker processes (of ``total`` workers, this process being one), each with a fair share of
-    the CPU threads and, given ``places``, the i-th its CUDA_VISIBLE_DEVICES; :func:`send` gives them work."""
+    the CPU threads for OpenMP (torch's own count is set by :func:`.share.apply`) and, given ``places``, the
+    i-th its CUDA_VISIBLE_DEVICES; :func:`send` gives them work."""
     threads = max(1, cpus() // total)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
@@ -133,16 +135,16 @@ def cause_file(worker: int) -> Path:
     return Path(tempfile.gettempdir()) / f"retort-sweep-{os.getpid()}-worker{worker}.cause"
 
 
-def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int],
+def send(procs: list[subprocess.Popen], plan: Plan | None, seeds: list[int], parts: Sequence[Share] = (),
          placed: bool = False) -> list[subprocess.Popen]:
-    """Hand spawned worker i (worker number i + 1; this process is worker 0) its arguments and seed
-    ``seeds[i]``; stop those not needed (they have done nothing but import). Returns the workers at work."""
-    threads = max(1, cpus() // (len(seeds) + 1))
+    """Hand spawned worker i (worker number i + 1; this process is worker 0) its arguments, seed ``seeds[i]``
+    and share ``parts[i]``; stop those not needed (they have done nothing but import). Returns the workers at
+    work."""
     used = procs[:len(seeds)] if plan is not None else []
     for i, proc in enumerate(used):
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
-            args = _WorkerArgs(plan, i + 1, seeds[i], threads, os.getpid(), str(cause_file(i + 1)), placed)
+            args = _WorkerArgs(plan, i + 1, seeds[i], parts[i], os.getpid(), str(cause_file(i + 1)), placed)
             proc.stdin.write(pickle.dumps(args))
             proc.stdin.close()
     for proc in procs[len(used):]:

@@ -29,6 +29,7 @@ from retort.recipes.sweep.lease import (
 from retort.recipes.sweep.memory import did_not_fit
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.search import make_pruner, make_sampler
+from retort.recipes.sweep.share import Share, apply, release
 from retort.recipes.sweep.space import applied, suggest, trial_recipe
 from retort.recipes.sweep.stop import why_stop
 from retort.recipes.sweep.storage import StorageUnavailable, open_storage
@@ -113,11 +114,13 @@ class Worker:
     """Runs trials of one study in this process until the study holds ``plan.trials`` of them."""
 
     def __init__(self, plan: Plan, index: int, seed: int, study: Any = None, parent_pid: int | None = None,
-                 placement: str | None = None):
+                 placement: str | None = None, share: Share | None = None):
         import optuna
 
         self.plan, self.index, self.seed, self.parent_pid = plan, index, seed, parent_pid
         self.placement = placement  # the CUDA_VISIBLE_DEVICES this worker was given, recorded on its trials
+        self.share = share or Share(None)  # its CPU threads and GPU memory budget, recorded on its trials
+        self.share_tags: dict[str, str] = {}
         self.base = plan.base()
         self.metric = self.base.sweep["metric"]
         if study is None:
@@ -136,6 +139,7 @@ class Worker:
 
     def run(self) -> int:
         """Claim and run trials until none is left; returns how many ran here."""
+        self.share_tags = apply(self.share)  # here: worker 0's CUDA sees only its placement from now on
         beat = threading.Thread(target=self._beat, name="retort-heartbeat", daemon=True)
         beat.start()
         try:
@@ -143,6 +147,7 @@ class Worker:
                 self._run_trial(trial)
         finally:
             self._stop.set()
+            release()
         return self.ran
 
     def _beat(self) -> None:
@@ -185,6 +190,7 @@ class Worker:
                 Tag.RUN_NAME: f"{self.plan.study} trial {trial.number}"}
         if self.placement is not None:
             tags[Tag.PLACEMENT] = self.placement
+        tags.update(self.share_tags)
         retry_of = trial.user_attrs.get(RETRY_OF)
         if retry_of is not None:
             tags[Tag.RETRY_OF] = str(retry_of)
@@ -202,6 +208,8 @@ class Worker:
             if setting != values:  # the lr/batch-size rule: record what the run got besides what was sampled
                 trial.set_user_attr("applied", {k: v for k, v in setting.items() if values.get(k) != v})
             recipe = trial_recipe(self.plan.draft, self.plan.overrides, setting)
+            if recipe.trainer["threads"]:  # the recipe's own thread count wins over the worker's share
+                tags[Tag.THREADS] = str(recipe.trainer["threads"])
             pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize")
             started = time.perf_counter()
             result = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
