@@ -67,7 +67,8 @@ def test_workers_divide_the_threads_and_a_shared_gpu():
 @pytest.mark.parametrize("places, gpu_memory, memory, words", [
     (["0", "1", "0"], 40 * GIB, {"0": 80 * GIB, "1": 80 * GIB},  # 2 x (40 + 1 for CUDA's own) > 80
      "GPU 0 (80 GiB) cannot hold 2 workers at 40 GiB each plus 1 GiB each for CUDA's own; at most 39 GiB each"),
-    (["0,1"], 24 * GIB, {"0": 80 * GIB, "1": 24 * GIB}, "GPU 0,1 (24 GiB) cannot hold 1 worker at 24 GiB"),  # a group: its smallest device
+    # a group of GPUs: its smallest one counts
+    (["0,1"], 24 * GIB, {"0": 80 * GIB, "1": 24 * GIB}, "GPU 0,1 (24 GiB) cannot hold 1 worker at 24 GiB"),
     ([], 8 * GIB, None, "no GPU here to budget"),
     (["0"], 20, {"0": GIB}, "20 bytes is less than a MiB; give a unit, e.g. 20GiB"),
     (["0"], 8 * GIB, None, "cannot read the memory of GPU 0"),  # NVML finds no GPU on this machine
