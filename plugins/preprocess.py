@@ -3,12 +3,16 @@ the model (``retort.tracking.model``) so that it predicts from raw rows, files o
 
 One small interface, :class:`Preprocess`: ``example()`` (a few raw inputs: the model's input example and
 signature), ``read(path)`` (a file or folder as raw inputs, for ``retort predict``), ``transform(inputs)``
-(raw inputs to the model's input batch) and ``decode(outputs)`` (the model's outputs to a table of
-predictions; by default class names and probabilities, or values). retort builds :class:`TablePreprocess`
-(feature names, the scaler fitted on the training split) for every in-memory table; a data plugin whose data
-need other preprocessing (a tokenizer, an image transform) supplies its own subclass as the ``preprocess``
-attribute of what it returns. It is pickled with the model: keep plain data in it (arrays, lists, a
-vocabulary) and define the class at a module's top level.
+(raw inputs to the model's input batch), ``decode(outputs)`` (the model's outputs to a table of
+predictions; by default class names and probabilities, or values) and ``predict(net, inputs)`` (the three in
+a row, in batches: what the loaded model calls; a subclass whose predictions are not one row per model
+output, a language model scoring whole files, overrides it). retort builds :class:`TablePreprocess` (feature
+names, the scaler fitted on the training split) for every in-memory table; a data plugin whose data need
+other preprocessing (a tokenizer, an image transform) supplies its own subclass as the ``preprocess``
+attribute of what it returns (a field of :class:`~retort.plugins.data.DataSets`): ``image_folder``'s
+:class:`~retort.plugins.data.images.ImagePreprocess`, ``text``'s :class:`~retort.plugins.data.text.TextPreprocess`.
+It is pickled with the model: keep plain data in it (arrays, lists, a vocabulary) and define the class at a
+module's top level. Bad raw inputs raise :class:`~retort.plugins.PluginError` naming the file.
 """
 
 from __future__ import annotations
@@ -68,6 +72,21 @@ class Preprocess:
         frame = pd.DataFrame(p.numpy().astype(np.float64), columns=[f"probability_{n}" for n in names])
         frame.insert(0, "prediction", [names[i] for i in p.argmax(dim=1).tolist()])
         return frame
+
+    def predict(self, net: torch.nn.Module, inputs: Any, batch_size: int = 1024) -> Any:
+        """Predictions for raw inputs, ``batch_size`` at a time (so that a folder of images is never in memory
+        at once): :meth:`transform`, the net as it is (the loaded model's is in eval mode) on its device, and
+        :meth:`decode`; one ``pandas.DataFrame``."""
+        import pandas as pd
+
+        first = next(net.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        rows = getattr(inputs, "iloc", inputs)
+        parts = []
+        with torch.no_grad():
+            for i in range(0, max(len(inputs), 1), batch_size):
+                parts.append(self.decode(net(self.transform(rows[i:i + batch_size]).to(device))))
+        return pd.concat(parts, ignore_index=True)
 
 
 class TablePreprocess(Preprocess):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,141 @@ def test_an_own_code_model_loads_where_its_file_is_not(tmp_path: Path):
     assert predicted.returncode == 0, predicted.stderr
     lines = predicted.stdout.strip().splitlines()
     assert lines[0] == "prediction,probability_0,probability_1" and len(lines) == 121
+
+
+# --- images and text --------------------------------------------------------------------------------------
+
+TEXT = b"the quick brown fox jumps over the lazy dog; " * 40
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory, _store_template: Path) -> dict:
+    """One tiny image run (two classes of 8 generated images, 1 epoch) and one tiny text run (block 8, 1 epoch),
+    in a store of their own, shared by the tests below."""
+    import shutil
+
+    from retort.plugins.data.shapes import draw
+    from retort.recipes.schema import resolve
+
+    root = tmp_path_factory.mktemp("media")
+    shutil.copy(_store_template, root / "mlflow.db")
+    rng = np.random.RandomState(0)
+    for kind in ("circle", "square"):
+        (root / "imgs" / kind).mkdir(parents=True)
+        for i in range(8):
+            draw(kind, 12, rng).save(root / "imgs" / kind / f"{i}.png")
+    (root / "train.txt").write_bytes(TEXT)
+    (root / "val.txt").write_bytes(TEXT[7:7 + 8 * 6 + 1])
+    (root / "test.txt").write_bytes(TEXT[3:3 + 8 * 12 + 1])  # whole blocks: scored as the run's test split
+    common = {"seed": 0, "loss": "logitcrossentropy", "trainer": {"max_epochs": 1, "accelerator": "cpu"}}
+    image = resolve({**common, "name": "imgs", "metrics": ["accuracy"], "model": {"name": "resnet", "channels": [4]},
+                     "data": {"name": "image_folder", "path": str(root / "imgs"), "size": 12, "batch_size": 4,
+                              "val_fraction": 0.25, "test_fraction": 0.25}})
+    text = resolve({**common, "name": "text", "metrics": ["perplexity", "accuracy"],
+                    "model": {"name": "gpt", "layers": 1, "heads": 2, "width": 16}, "optimizer": {"name": "adam",
+                                                                                              "lr": 0.01},
+                    "data": {"name": "text", "path": str(root / "train.txt"), "val_path": str(root / "val.txt"),
+                             "test_path": str(root / "test.txt"), "block_size": 8, "batch_size": 16}})
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETORT_SPOOL", str(root / "spool"))
+        runs = {"image": recipes.run(image, tracking_uri=uri, quiet=True),
+                "text": recipes.run(text, tracking_uri=uri, quiet=True)}
+    return {"root": root, "uri": uri, **{k: r.run_id for k, r in runs.items()},
+            **{f"{k}_metrics": r.metrics for k, r in runs.items()}}
+
+
+def test_predict_scores_an_image_folder_and_a_text_file(media: dict, monkeypatch: pytest.MonkeyPatch, capsys):
+    import io
+
+    import pandas as pd
+
+    root = media["root"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", media["uri"])
+    assert main(["predict", media["image"], "imgs/circle/3.png", "imgs/square", "-o", "images.csv"]) == 0
+    out = pd.read_csv(root / "images.csv")
+    assert list(out.columns) == ["path", "prediction", "probability_circle", "probability_square"]
+    assert out["path"].tolist() == [str(root / "imgs/circle/3.png")] + [str(root / f"imgs/square/{i}.png")
+                                                                         for i in range(8)]
+    p = out[["probability_circle", "probability_square"]].to_numpy()
+    assert np.allclose(p.sum(axis=1), 1) and out["prediction"].tolist() == [["circle", "square"][k]
+                                                                            for k in p.argmax(axis=1)]
+    capsys.readouterr()
+    assert main(["predict", media["text"], "test.txt"]) == 0
+    scores = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(scores.columns) == ["path", "bytes", "loss", "bits_per_byte", "perplexity", "accuracy"]
+    row = scores.iloc[0]
+    recorded = media["text_metrics"]
+    assert row["path"] == str(root / "test.txt") and row["bytes"] == 96  # every byte after the first
+    assert row["loss"] == pytest.approx(recorded["test/loss"], rel=1e-5)  # the run's test split is this file
+    assert row["accuracy"] == pytest.approx(recorded["test/accuracy"], abs=1e-6)
+    assert row["bits_per_byte"] == pytest.approx(row["loss"] / math.log(2))
+    assert row["perplexity"] == pytest.approx(recorded["test/perplexity"], rel=1e-5)
+
+
+def test_bad_image_and_text_inputs_are_one_line(media: dict, monkeypatch: pytest.MonkeyPatch, capsys):
+    root = media["root"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", media["uri"])
+    (root / "new" / "b").mkdir(parents=True)
+    (root / "new" / "a.png").write_bytes((root / "imgs/circle/0.png").read_bytes())
+    (root / "new" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "short.txt").write_text("short")
+
+    def error(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip()
+
+    assert error("predict", media["image"], "new") == (
+        f"error: INPUT: {root / 'new/b/broken.png'} is not a readable image (not an image format Pillow reads)")
+    (root / "empty").mkdir()
+    assert error("predict", media["image"], "empty") == (
+        f"error: INPUT: {root / 'empty'} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .ppm, "
+        ".pgm)")
+    assert error("predict", media["text"], "test.txt", "short.txt") == (
+        f"error: INPUT: {root / 'short.txt'} has 5 bytes; the model predicts from blocks of block_size 8 and needs "
+        "9 (a byte more for the last target)")
+
+
+# A fresh Python loads the image and the text model and scores the runs' test splits from raw inputs: the image
+# test split's files by path and as bytes, the text test file's text.
+FRESH_MEDIA = """
+import json, math, sys
+import mlflow, numpy as np, pandas as pd
+uri, image_id, text_id, root = sys.argv[1:5]
+mlflow.set_tracking_uri(uri)
+from retort import plugins
+from retort.plugins.data import split_datasets
+data = plugins.build("data", {"name": "image_folder", "path": f"{root}/imgs", "size": 12})
+test = split_datasets(data, val_fraction=0.25, test_fraction=0.25, seed=0).test
+files = [test.dataset.files[i] for i in test.indices]
+labels = np.asarray([test.dataset.targets[i] for i in test.indices])
+model = mlflow.pyfunc.load_model(f"runs:/{image_id}/model")
+by_path = model.predict(pd.DataFrame({"path": files}))
+by_bytes = model.predict(pd.DataFrame({"image": [open(f, "rb").read() for f in files]}))
+p = by_path[["probability_circle", "probability_square"]].to_numpy()
+text = mlflow.pyfunc.load_model(f"runs:/{text_id}/model")
+scores = text.predict(pd.DataFrame({"text": [open(f"{root}/test.txt").read()]}))
+print(json.dumps({"accuracy": float(np.mean(p.argmax(axis=1) == labels)),
+                  "loss": float(np.mean(-np.log(p[np.arange(len(p)), labels]))), "rows": len(p),
+                  "same": bool(np.allclose(p, by_bytes[["probability_circle", "probability_square"]].to_numpy())),
+                  "text": scores.iloc[0].to_dict()}))
+"""
+
+
+@pytest.mark.slow
+def test_image_and_text_models_loaded_in_a_fresh_process_score_the_runs_test_splits(media: dict):
+    out = subprocess.run([sys.executable, "-c", FRESH_MEDIA, media["uri"], media["image"], media["text"],
+                          str(media["root"])], capture_output=True, text=True, timeout=300,
+                         cwd=media["root"])
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    image, text = media["image_metrics"], media["text_metrics"]
+    assert got["rows"] == 4 and got["same"]
+    assert got["accuracy"] == pytest.approx(image["test/accuracy"], abs=1e-6)
+    assert got["loss"] == pytest.approx(image["test/loss"], rel=1e-5)  # the probabilities, not only the argmax
+    assert got["text"]["bytes"] == 96 and got["text"]["loss"] == pytest.approx(text["test/loss"], rel=1e-5)
+    assert got["text"]["accuracy"] == pytest.approx(text["test/accuracy"], abs=1e-6)

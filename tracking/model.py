@@ -17,6 +17,7 @@ import contextlib
 import json
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,12 @@ def save(folder: Path, *, net: Any, spec: dict[str, Any], info: Any, head: str, 
     example = preprocess.example()
     was = net.training
     net.eval()
-    with torch.no_grad():
-        first = next(net.parameters(), None)
-        x = preprocess.transform(example)
-        outputs = preprocess.decode(net(x.to(first.device) if first is not None else x))
+    outputs = preprocess.predict(net, example)
     net.train(was)
     model = Model()
-    model.signature = infer_signature(example, outputs)
+    with warnings.catch_warnings():  # "integer columns cannot hold missing values": of outputs, never missing
+        warnings.simplefilter("ignore", UserWarning)
+        model.signature = infer_signature(example, outputs)
     _save_example(model, example, str(folder))
     model.add_flavor("python_function", loader_module=LOADER, data="data", env={"virtualenv": "python_env.yaml"},
                      python_version=".".join(map(str, sys.version_info[:3])))
@@ -85,18 +85,12 @@ class RetortModel:
         return self
 
     def read(self, path: str) -> Any:
-        """The raw inputs in a file or folder (a CSV, an .npz, ...), as :meth:`predict` takes them."""
+        """The raw inputs in a file or folder (a CSV, an .npz, an image folder, a text file), as :meth:`predict`
+        takes them."""
         return self.preprocess.read(path)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-        import torch
-
-        x = self.preprocess.transform(model_input)
-        with torch.no_grad():
-            parts = [self.preprocess.decode(self.net(x[i:i + self.batch_size]))
-                     for i in range(0, len(x), self.batch_size)]
-        return pd.concat(parts, ignore_index=True) if parts else self.preprocess.decode(self.net(x[:0]))
+        return self.preprocess.predict(self.net, model_input, self.batch_size)
 
 
 def _load_pyfunc(data_path: str) -> RetortModel:
@@ -118,7 +112,7 @@ def _load_pyfunc(data_path: str) -> RetortModel:
     info = meta["info"]
     info = DataInfo(**{**info, "image_shape": tuple(info["image_shape"]) if info["image_shape"] else None})
     net = plugins.build("model", meta["spec"], info)
-    head = {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid()}.get(meta["head"])
+    head = {"softmax": nn.Softmax(dim=-1), "sigmoid": nn.Sigmoid()}.get(meta["head"])
     net = net if head is None else nn.Sequential(net, head)
     net.load_state_dict(torch.load(data / "weights.pt", map_location="cpu", weights_only=True))
     net.eval()

@@ -46,6 +46,8 @@ class DataSets:
     ``n_outputs``: classes for multiclass (default: ``len(class_names)``), 1 for binary, targets for
     regression (default: the first sample's target size). ``targets``: the training set's class per sample,
     when cheap to give (a stratified split). ``digest``: of the data's content (default: of a sample of it).
+    ``preprocess``: a :class:`~retort.plugins.preprocess.Preprocess` from raw inputs (files) to samples, saved
+    with the run's model; without one the run logs no model.
     """
 
     train: Dataset
@@ -58,6 +60,7 @@ class DataSets:
     source: str = "dataset"
     digest: str | None = None
     targets: Sequence[int] | None = field(default=None, repr=False)
+    preprocess: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -136,9 +139,11 @@ def as_datasets(data: DataSets | Dataset) -> DataSets:
     if classes is not None:
         task = "binary" if len(classes) == 2 else "multiclass"
         return DataSets(data, task=task, class_names=[str(c) for c in classes], n_outputs=len(classes),
-                        name=type(data).__name__, source=type(data).__name__, targets=getattr(data, "targets", None))
+                        name=type(data).__name__, source=type(data).__name__, targets=getattr(data, "targets", None),
+                        preprocess=getattr(data, "preprocess", None))
     if y.is_floating_point():
-        return DataSets(data, task="regression", name=type(data).__name__, source=type(data).__name__)
+        return DataSets(data, task="regression", name=type(data).__name__, source=type(data).__name__,
+                        preprocess=getattr(data, "preprocess", None))
     raise PluginError(f"data set {type(data).__name__} has integer targets but no `classes` attribute; give it "
                       "one, or return DataSets(train, task=..., n_outputs=...)", field="name")
 

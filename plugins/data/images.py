@@ -14,7 +14,7 @@ import hashlib
 import io
 import math
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from retort.plugins import PluginError, register
 from retort.plugins.data.datasets import DataSets
+from retort.plugins.preprocess import Preprocess
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -50,9 +51,7 @@ class ImageFiles(Dataset):
             raise OSError(f"{self.files[i]}: not a readable image ({exc})") from None
 
     def _tensor(self, img) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        x = (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)).float().div_(255)
-        return (x - self.mean) / self.std
+        return normalized(img, self.mean, self.std)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
@@ -71,6 +70,13 @@ class ImageFiles(Dataset):
         if self.flip and float(torch.rand((), generator=generator)) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return self._tensor(img), self.targets[i]
+
+
+def normalized(img, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A Pillow image as a (C, H, W) tensor scaled to [0, 1] and normalized per channel."""
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    x = (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)).float().div_(255)
+    return (x - mean) / std
 
 
 def crop_box(size: tuple[int, int], scale: tuple[float, float], generator: torch.Generator,
@@ -104,19 +110,31 @@ def _scan(folder: str, classes: list[str] | None) -> tuple[list[str], list[int],
     return files, labels, classes
 
 
-def _check_and_digest(files: list[str], root: str, mode: str) -> str:
-    """Opens every image's header (an unreadable one is bad input, named by its path); sha256 of the files."""
+def _check(path: str, data: bytes) -> None:
+    """Parses an image's header: an unreadable one is bad input, named by its path."""
     from PIL import Image
 
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.size  # noqa: B018 (the header is parsed)
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"{path} is not a readable image ({_reason(exc)})", field="path") from None
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's reason, without the in-memory file object it names when it cannot tell the format."""
+    from PIL import UnidentifiedImageError
+
+    return "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else str(exc)
+
+
+def _check_and_digest(files: list[str], root: str, mode: str) -> str:
+    """Opens every image's header (:func:`_check`); sha256 of the files."""
     h = hashlib.sha256()
     for path in files:
         with open(path, "rb") as fh:
             data = fh.read()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.size  # noqa: B018 (the header is parsed)
-        except (OSError, ValueError) as exc:
-            raise PluginError(f"{path} is not a readable image ({exc})", field="path") from None
+        _check(path, data)
         h.update(os.path.relpath(path, root).encode())
         h.update(data)
     return h.hexdigest()[:16]
@@ -127,6 +145,84 @@ def _statistics(ds: ImageFiles, count: int = 512) -> tuple[list[float], list[flo
     idx = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), count)).astype(int))
     x = torch.stack([ds[int(i)][0] for i in idx]).transpose(0, 1).reshape(ds.mean.shape[0], -1)
     return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
+
+
+class ImagePreprocess(Preprocess):
+    """Image files to the transform the run was evaluated with: decoded with Pillow, converted to ``mode``,
+    resized to ``size`` x ``size`` (bilinear), scaled to [0, 1], normalized with the run's ``mean`` and ``std``.
+
+    Raw inputs: a ``pandas.DataFrame`` with, per row, ``image`` (an encoded image file's bytes: PNG, JPEG, ...)
+    or ``path`` (an image file); ``path`` comes back as the predictions' first column. ``read`` takes an image
+    file or a folder (every image under it, sorted)."""
+
+    def __init__(self, size: int, mode: str, mean: list[float], std: list[float], example_files: list[str]):
+        self.size, self.mode, self.mean, self.std = size, mode, list(mean), list(std)
+        self.example_files = list(example_files)
+
+    def example(self) -> Any:
+        """Two training images: the first as bytes (re-encoded as a small PNG), the second by its path."""
+        import pandas as pd
+        from PIL import Image
+
+        with Image.open(self.example_files[0]) as img:
+            small = img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR)
+        out = io.BytesIO()
+        small.save(out, format="PNG")
+        return pd.DataFrame({"path": [None, self.example_files[-1]], "image": [out.getvalue(), None]})
+
+    def read(self, path: str) -> Any:
+        import pandas as pd
+
+        if os.path.isdir(path):
+            files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
+                           if f.lower().endswith(EXTENSIONS))
+            if not files:
+                raise PluginError(f"{path} holds no images ({', '.join(EXTENSIONS)})")
+        else:
+            files = [path]
+        for f in files:
+            with open(f, "rb") as fh:
+                _check(f, fh.read())
+        return pd.DataFrame({"path": files})
+
+    def transform(self, inputs: Any) -> torch.Tensor:
+        from PIL import Image
+
+        mean = torch.tensor(self.mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).reshape(-1, 1, 1)
+        images, paths = _column(inputs, "image"), _column(inputs, "path")
+        if images is None and paths is None:
+            raise PluginError("image inputs need a column 'image' (encoded image bytes) or 'path' (image files)")
+        out = []
+        for i in range(len(inputs)):
+            data, where = _value(images, i), _value(paths, i)
+            if data is None and where is None:
+                raise PluginError(f"input row {i} has neither an image nor a path")
+            name = where if data is None else f"the image of input row {i}"
+            try:
+                with Image.open(io.BytesIO(data) if data is not None else where) as img:
+                    img = img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR)
+            except (OSError, ValueError) as exc:
+                raise PluginError(f"{name} is not a readable image ({_reason(exc)})") from None
+            out.append(normalized(img, mean, std))
+        return torch.stack(out) if out else torch.zeros(0, len(self.mean), self.size, self.size)
+
+    def predict(self, net: torch.nn.Module, inputs: Any, batch_size: int = 1024) -> Any:
+        out = super().predict(net, inputs, batch_size)
+        paths = _column(inputs, "path")
+        if paths is not None:
+            out.insert(0, "path", list(paths))
+        return out
+
+
+def _column(inputs: Any, name: str) -> Any:
+    return inputs[name].tolist() if hasattr(inputs, "columns") and name in inputs.columns else None
+
+
+def _value(column: list[Any] | None, i: int) -> Any:
+    """The column's value in row ``i``; None for a missing one (None, NaN)."""
+    value = None if column is None else column[i]
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 @register("data", "image_folder")
@@ -175,6 +271,7 @@ def image_folder(
         measured = _statistics(plain)
         mean, std = mean or measured[0], std or measured[1]
     made = {k: ImageFiles(fs, ls, mean=mean, std=std, augment=k == "train", **options) for k, (fs, ls) in parts.items()}
+    preprocess = ImagePreprocess(size, mode, mean, std, [files[labels.index(0)], files[labels.index(1)]])
     return DataSets(made["train"], made.get("val"), made.get("test"), task="multiclass", n_outputs=len(classes),
                     class_names=classes, name=os.path.basename(root.rstrip(os.sep)), source=root, digest=digest,
-                    targets=labels)
+                    targets=labels, preprocess=preprocess)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import math
 import os
 import sys
 import sysconfig
 import tempfile
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from torch.utils.data import Dataset
 from retort.plugins import PluginError, register
 from retort.plugins.data.datasets import DataSets
 from retort.plugins.data.shapes import cache_dir
+from retort.plugins.preprocess import Preprocess
 
 VOCAB = 256
 
@@ -54,17 +57,8 @@ class ByteBlocks(Dataset):
 
 
 def _read(path: str, field: str) -> np.ndarray:
-    full = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(full):
-        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(full) for f in fs if f.endswith((".txt", ".md")))
-        if not files:
-            raise PluginError(f"text folder {full} holds no .txt or .md files", field=field)
-    elif os.path.isfile(full):
-        files = [full]
-    else:
-        raise PluginError(f"text file {full} does not exist", field=field)
     chunks = []
-    for f in files:
+    for f in _files(path, field):
         with open(f, "rb") as fh:
             chunks.append(fh.read())
     return np.frombuffer(b"\n".join(chunks), dtype=np.uint8)
@@ -85,6 +79,118 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+class TextPreprocess(Preprocess):
+    """Text to the byte-level model: what it says about a text is how well it predicts it, so a prediction is
+    one row per text: ``bytes`` (the bytes predicted: all but the first), ``loss`` (the mean next-byte
+    cross-entropy in nats, the run's ``test/loss``), ``bits_per_byte`` (the same in bits), ``perplexity`` and
+    ``accuracy`` (the share of next bytes that are the model's most likely byte).
+
+    Each text is scored as the run was evaluated, in blocks of ``block_size`` bytes from its start, each byte
+    predicted from the bytes before it in its block; the bytes after the last whole block are scored once
+    each, from the ``block_size`` bytes before them. Raw inputs: a ``pandas.DataFrame`` with ``text`` (a
+    string, as UTF-8 bytes; ``read`` keeps a file's bytes exactly) and optionally ``path``, which comes back as
+    the first column. A text of fewer than ``block_size + 1`` bytes is refused, as in training."""
+
+    def __init__(self, block_size: int, example_text: str):
+        self.block_size, self.example_text = block_size, example_text
+
+    def example(self) -> Any:
+        import pandas as pd
+
+        half = len(self.example_text) // 2
+        return pd.DataFrame({"path": [None, "example.txt"],
+                             "text": [self.example_text, self.example_text[half:] + self.example_text[:half]]})
+
+    def read(self, path: str) -> Any:
+        """A text file, or every .txt and .md file in a folder (one row each), with its path."""
+        import pandas as pd
+
+        files = _files(path, "path")
+        texts = []
+        for f in files:
+            with open(f, "rb") as fh:
+                data = fh.read()
+            self._check(f, len(data))
+            texts.append(data.decode("utf-8", errors="surrogateescape"))  # encoded back to the same bytes
+        return pd.DataFrame({"path": files, "text": texts})
+
+    def _check(self, where: str, n: int) -> None:
+        if n < self.block_size + 1:
+            raise PluginError(f"{where} has {n} bytes; the model predicts from blocks of block_size "
+                              f"{self.block_size} and needs {self.block_size + 1} (a byte more for the last target)")
+
+    def _bytes(self, inputs: Any) -> list[np.ndarray]:
+        if not hasattr(inputs, "columns") or "text" not in inputs.columns:
+            raise PluginError("text inputs need a column 'text'")
+        paths = inputs["path"].tolist() if "path" in inputs.columns else [None] * len(inputs)
+        out = []
+        for i, (text, path) in enumerate(zip(inputs["text"].tolist(), paths)):
+            raw = text if isinstance(text, bytes) else str(text).encode("utf-8", errors="surrogateescape")
+            self._check(path if isinstance(path, str) else f"the text of input row {i}", len(raw))
+            out.append(np.frombuffer(raw, dtype=np.uint8))
+        return out
+
+    def starts(self, n_bytes: int) -> tuple[np.ndarray, int]:
+        """Where a text's evaluation blocks start, and how many first positions of the last block the block
+        before it scored already (it covers the bytes after the last whole block)."""
+        b = self.block_size
+        n = (n_bytes - 1) // b
+        rest = n_bytes - 1 - n * b
+        starts = np.arange(0, n * b, b)
+        return (np.append(starts, n_bytes - 1 - b), b - rest) if rest else (starts, 0)
+
+    def cut(self, data: np.ndarray, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks at ``starts`` (token ids) and their next bytes."""
+        chunk = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def transform(self, inputs: Any) -> torch.Tensor:
+        """Every text's evaluation blocks, one after the other (what the model reads)."""
+        return torch.cat([self.cut(d, self.starts(len(d))[0])[0] for d in self._bytes(inputs)])
+
+    def predict(self, net: torch.nn.Module, inputs: Any, batch_size: int = 1024) -> Any:
+        import pandas as pd
+
+        first = next(net.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        rows = []
+        with torch.no_grad():
+            for data in self._bytes(inputs):
+                starts, skip = self.starts(len(data))
+                nll, hits = [], []
+                step = max(1, min(batch_size, 2**16 // self.block_size))  # 65,536 positions' logits at most
+                for i in range(0, len(starts), step):  # a long text is never in memory as blocks at once
+                    x, y = self.cut(data, starts[i:i + step])
+                    out = net(x.to(device)).float().cpu()
+                    logp = out.log_softmax(-1) if self.outputs == "logits" else out.clamp_min(1e-30).log()
+                    nll.append(-logp.gather(-1, y.unsqueeze(-1)).squeeze(-1))
+                    hits.append(out.argmax(-1) == y)
+                nll_all, hit_all = torch.cat(nll), torch.cat(hits)
+                if skip:  # the last block's first positions were scored by the block before
+                    keep = torch.ones_like(hit_all)
+                    keep[-1, :skip] = False
+                    nll_all, hit_all = nll_all[keep], hit_all[keep]
+                loss = float(nll_all.double().mean())
+                rows.append({"bytes": int(nll_all.numel()), "loss": loss, "bits_per_byte": loss / math.log(2),
+                             "perplexity": math.exp(loss), "accuracy": float(hit_all.double().mean())})
+        frame = pd.DataFrame(rows, columns=["bytes", "loss", "bits_per_byte", "perplexity", "accuracy"])
+        if hasattr(inputs, "columns") and "path" in inputs.columns:
+            frame.insert(0, "path", inputs["path"].tolist())
+        return frame
+
+
+def _files(path: str, field: str) -> list[str]:
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(full):
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(full) for f in fs if f.endswith((".txt", ".md")))
+        if not files:
+            raise PluginError(f"text folder {full} holds no .txt or .md files", field=field)
+        return files
+    if os.path.isfile(full):
+        return [full]
+    raise PluginError(f"text file {full} does not exist", field=field)
+
+
 @register("data", "text")
 def text(*, path: str, block_size: int = 64, val_path: str | None = None, test_path: str | None = None,
          jitter: bool = True) -> DataSets:
@@ -98,9 +204,11 @@ def text(*, path: str, block_size: int = 64, val_path: str | None = None, test_p
             field = "path" if key == "train" else f"{key}_path"
             data = _read(where, field)
             blocks[key] = _blocks(data, block_size, os.path.abspath(where), "block_size", jitter and key == "train")
+    opening = blocks["train"].data[:2 * block_size + 1].tobytes()
     return DataSets(blocks["train"], blocks.get("val"), blocks.get("test"), task="multiclass", n_outputs=VOCAB,
                     name=os.path.basename(os.path.abspath(path).rstrip(os.sep)), source=os.path.abspath(path),
-                    digest=_digest(*(b.data for b in blocks.values())))
+                    digest=_digest(*(b.data for b in blocks.values())),
+                    preprocess=TextPreprocess(block_size, opening.decode("utf-8", errors="replace")))
 
 
 # --- the standard library's docstrings ---------------------------------------------------------------------
