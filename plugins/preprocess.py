@@ -81,11 +81,13 @@ class Preprocess:
 
         first = next(net.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None else torch.float32  # a bf16-true run's net takes bf16
         rows = getattr(inputs, "iloc", inputs)
         parts = []
         with torch.no_grad():
             for i in range(0, max(len(inputs), 1), batch_size):
-                parts.append(self.decode(net(self.transform(rows[i:i + batch_size]).to(device))))
+                x = self.transform(rows[i:i + batch_size])
+                parts.append(self.decode(net(x.to(device, dtype if x.is_floating_point() else x.dtype))))
         return pd.concat(parts, ignore_index=True)
 
 

@@ -213,9 +213,10 @@ def test_predict_scores_an_image_folder_and_a_text_file(media: dict, monkeypatch
     assert np.allclose(p.sum(axis=1), 1) and out["prediction"].tolist() == [["circle", "square"][k]
                                                                             for k in p.argmax(axis=1)]
     capsys.readouterr()
-    assert main(["predict", media["text"], "test.txt"]) == 0
+    assert main(["predict", media["text"], "test.txt", "train.txt"]) == 0
     scores = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(scores.columns) == ["path", "bytes", "loss", "bits_per_byte", "perplexity", "accuracy"]
+    assert scores["bytes"].tolist() == [96, len(TEXT) - 1]  # train.txt ends in a part block: each byte once
     row = scores.iloc[0]
     recorded = media["text_metrics"]
     assert row["path"] == str(root / "test.txt") and row["bytes"] == 96  # every byte after the first
@@ -290,3 +291,14 @@ def test_image_and_text_models_loaded_in_a_fresh_process_score_the_runs_test_spl
     assert got["loss"] == pytest.approx(image["test/loss"], rel=1e-5)  # the probabilities, not only the argmax
     assert got["text"]["bytes"] == 96 and got["text"]["loss"] == pytest.approx(text["test/loss"], rel=1e-5)
     assert got["text"]["accuracy"] == pytest.approx(text["test/accuracy"], abs=1e-6)
+
+
+def test_a_text_is_scored_in_the_runs_blocks_then_its_tail_once():
+    from retort.plugins.data.text import TextPreprocess
+
+    pre = TextPreprocess(8, "unused")
+    starts, skip = pre.starts(20)  # blocks at 0 and 8 predict bytes 1-16; the window at 11 adds 17-19
+    assert starts.tolist() == [0, 8, 11] and skip == 5
+    assert pre.starts(17)[0].tolist() == [0, 8] and pre.starts(17)[1] == 0
+    x, y = pre.cut(np.arange(20, dtype=np.uint8), starts)
+    assert x[2].tolist() == list(range(11, 19)) and y[2].tolist() == list(range(12, 20))
