@@ -318,8 +318,10 @@ def interrupted(args: argparse.Namespace, exc: Interrupted) -> str:
     if args.command == "sweep":
         from retort.tracking.context import command_line
 
-        return (f"interrupted ({exc}); the sweep's parent run is recorded as KILLED and interrupted trials run "
-                f"again when it resumes; resume it with the same command:\n  {command_line()}")
+        if exc.run_id is None:
+            return f"interrupted ({exc}) before the sweep's parent run was recorded; to start it:\n  {command_line()}"
+        return (f"interrupted ({exc}); the sweep's parent run {exc.run_id} is recorded as KILLED and the trials it "
+                f"interrupted run again when it resumes; resume it with the same command:\n  {command_line()}")
     if exc.run_id is None:
         return f"interrupted ({exc}) before the run was recorded"
     if not exc.resumable:

@@ -225,3 +225,21 @@ def test_a_sweep_on_a_terminal_shows_a_live_table_of_its_running_trials(tmp_path
     assert sorted(n for n, _ in lines) == ["0", "1", "2", "3"]  # each finished trial's line once
     assert [k for _, k in lines] == ["1", "2", "3", "4"]
     assert re.search(r"\nbest_value: [\d.]+\nbest_params: \{.*\}\nparent_run_id: \w+\n$", seen), seen[-500:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_says_its_parent_run_and_the_command_that_resumes_it(tmp_path: Path):
+    """Ctrl-C typed while the live table shows a trial past its first epoch (that the same command resumes
+    the parent run is test_sweep's)."""
+    (tmp_path / "tiny.yaml").write_text(SWEEP)
+    code, text = spawn(["sweep", "tiny.yaml", "--trials", "3"], tmp_path,
+                       react=lambda seen: b"\x03" if re.search(r"\n +0 +0 +[1-9]\d* +0\.\d+", plain(seen)) else None)
+    assert code == 130, text
+    runs = {r.data.tags.get("retort.sweep", "trial"): r for r in all_runs(_client(tmp_path))}
+    parent, trial = runs["parent"], runs["trial"]
+    assert (parent.info.status, trial.info.status) == ("KILLED", "KILLED")
+    assert trial.data.tags["retort.failure"] == "interrupted by SIGINT"
+    seen = plain(text)
+    assert seen.endswith(f"interrupted (SIGINT); the sweep's parent run {parent.info.run_id} is recorded as KILLED "
+                         "and the trials it interrupted run again when it resumes; resume it with the same command:"
+                         "\n  retort sweep tiny.yaml --trials 3\n"), seen[-600:]

@@ -294,6 +294,7 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         with lock:
             reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
         record.finish("KILLED", f"interrupted by {exc}")
+        exc.run_id, exc.uri = record.run_id, plan.tracking_uri  # the parent, for the command line's last words
         raise
     except BaseException as exc:  # the study out of reach, or a bug: the other workers stop as if interrupted
         supervisor.forward(signal.SIGTERM)  # (never SIGKILL a working worker: its trial is re-queued cleanly)
