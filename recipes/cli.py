@@ -173,6 +173,8 @@ def _run_seeds(recipe: Any, args: argparse.Namespace) -> int:
     from retort.recipes.seeds import run_seeds
 
     result = run_seeds(recipe, args.seeds, tracking_uri=args.tracking_uri, quiet=args.quiet)
+    for seed, why in result.failed.items():
+        print(f"error: seed {seed} failed: {why}", file=sys.stderr)
     finished = [s for s in result.seeds if s in result.metrics]
     print(f"seeds: {', '.join(map(str, result.seeds))} ({len(finished)} finished)")
     for key, (mean, std) in result.summary().items():

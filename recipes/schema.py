@@ -181,6 +181,8 @@ class SweepOptions(_Options):
     metric: str = Field(Metric.VAL_LOSS, description="what the sweep optimizes: a trial's best epoch's value of it")
     direction: Literal["minimize", "maximize"] = "minimize"
     trials: int = Field(20, ge=1, description="finished trials the study should hold, over all workers")
+    seeds: int = Field(1, ge=1, le=1000, description="seeds each trial runs (the trial's seed and the ones after "
+                       "it, a child run each); the trial's value is their mean")
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     pruner: Literal[PRUNERS] = "hyperband"  # type: ignore[valid-type]
     seed: int | None = Field(None, ge=0, lt=2**32 - 1024,

@@ -180,6 +180,8 @@ def test_bad_space_stops_before_anything_is_recorded(workdir: Path, client, swee
 @pytest.mark.parametrize(("kwargs", "field", "words"), [
     ({"trials": 0}, "--trials", "at least 1"),
     ({"workers": 0}, "--workers", "at least 1"),
+    ({"seeds": 0}, "--seeds", "between 1 and 1000"),
+    ({"overrides": ["sweep.seeds=0"]}, "sweep.seeds", "greater than or equal to 1"),
     ({"heartbeat": 0}, "--heartbeat", "above 0"),
     ({"patience": -1.0}, "--storage-patience", "0 seconds or more"),
     ({"patience": math.nan}, "--storage-patience", "0 seconds or more"),
@@ -403,6 +405,70 @@ def test_pruned_and_failed_trials_are_recorded_and_the_sweep_goes_on(workdir: Pa
     assert invalid.startswith("invalid recipe:") and "swoosh" in invalid and "model.activation" in invalid
     assert study.trials[4].user_attrs["failure"] == invalid
     assert client.get_run(result.parent_run_id).data.metrics["trials_failed"] == 3
+
+
+@pytest.mark.slow
+def test_a_trial_over_seeds_is_their_mean_and_a_pruned_trial_stops_its_seeds(workdir: Path, client):
+    """sweep.seeds: 2 runs each trial with the recipe's seed and the next, one after another, as child runs of
+    the trial's run; the trial's value is the mean of the seeds' best epochs, and the pruner sees, at step
+    seed * max_epochs + epoch, the mean over the seeds so far of their running best at that epoch."""
+    import optuna
+
+    from retort.tracking.compare import compare, select
+
+    text = TINY.replace("seed: 0", "seed: 5").replace("max_epochs: 3", "max_epochs: 2").replace(
+        "trials: 4", "trials: 3\n  seeds: 2").replace("pruner_args: {n_startup_trials: 1}",
+                                                      "pruner_args: {n_startup_trials: 2, n_warmup_steps: 0}").replace(
+        "    data.batch_size: {choices: [8, 16, 32]}\n", "").replace("system_metrics: false", "system_metrics: false, "
+                                                                  "log_model: false")
+    path = write(workdir, text)
+    journal = workdir / "optuna" / "tiny.journal"
+    journal.parent.mkdir()
+    study = optuna.create_study(study_name="tiny", storage=open_storage(str(journal)))
+    for lr in (0.05, 0.03, 1e-6):  # two that learn, then one far behind them after its first epoch
+        study.enqueue_trial({"optimizer.lr": lr})
+    result = sw.sweep(path, quiet=True)
+    study = journal_study(workdir, "tiny")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    trial_runs = check_records(client, study, result.parent_run_id)
+    seed_runs: dict[int, dict[int, object]] = {}
+    for r in all_runs(client):
+        if "retort.sweep_parent" in r.data.tags:
+            tags = r.data.tags
+            assert tags["retort.sweep_parent"] == result.parent_run_id
+            n = int(tags["retort.trial"])
+            assert tags["mlflow.parentRunId"] == tags["retort.seed_group"] == trial_runs[n].info.run_id
+            assert tags["retort.trial_state"] == study.trials[n].state.name
+            assert tags["mlflow.runName"] == f"tiny trial {n} seed {r.data.params['seed']}"
+            seed_runs.setdefault(n, {})[int(r.data.params["seed"])] = r
+    assert {n: sorted(s) for n, s in seed_runs.items()} == {0: [5, 6], 1: [5, 6], 2: [5]}  # the pruned one stopped
+
+    def curve(run) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "val/loss"), key=lambda m: m.step)]
+
+    for n in (0, 1):
+        t, five, six = study.trials[n], curve(seed_runs[n][5]), curve(seed_runs[n][6])
+        assert len(five) == len(six) == 2
+        best = [min(five), min(six)]
+        assert t.value == pytest.approx(statistics.fmean(best), rel=1e-12)
+        assert t.user_attrs["seed_values"] == pytest.approx({"5": best[0], "6": best[1]}, rel=1e-12)
+        assert t.user_attrs["value_std"] == pytest.approx(statistics.stdev(best), rel=1e-12)
+        assert t.intermediate_values == pytest.approx({  # what the pruner saw
+            1: five[0], 2: min(five), 3: (five[0] + six[0]) / 2, 4: (min(five) + min(six)) / 2}, rel=1e-12)
+        run = trial_runs[n]
+        assert run.data.tags["retort.seeds"] == "5,6" and "seed" not in run.data.params
+        assert json.loads(run.data.tags["retort.seed_values"]) == t.user_attrs["seed_values"]
+        assert run.data.metrics["trial/value"] == pytest.approx(t.value, rel=1e-12)
+        assert run.data.metrics["trial/value_std"] == pytest.approx(statistics.stdev(best), rel=1e-12)
+    pruned = study.trials[2]
+    assert pruned.intermediate_values == pytest.approx({1: curve(seed_runs[2][5])[0]}, rel=1e-12)
+    assert trial_runs[2].data.tags["retort.pruned"] == "pruned at epoch 1 of seed 1 of 2 (step 1)"
+    assert result.best_run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    # compare shows each trial once: its seeds' runs as one group
+    cmp = compare(select(f"sqlite:///{workdir / 'mlflow.db'}", sweeps=[result.parent_run_id]))
+    assert cmp.grouped and sorted(sorted(r.seed for r in row) for row in cmp.rows) == [["5"], ["5", "6"], ["5", "6"]]
+    assert {r.run_id for row in cmp.rows for r in row} == {
+        r.info.run_id for by_seed in seed_runs.values() for r in by_seed.values()}
 
 
 def test_a_trial_out_of_memory_is_recorded_failed_and_the_sweep_goes_on(workdir: Path, client):

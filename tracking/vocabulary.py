@@ -75,6 +75,8 @@ class Tag:
     PLACEMENT = "retort.placement"          # the CUDA_VISIBLE_DEVICES its worker saw; on the parent, every worker's
     THREADS = "retort.threads"              # the torch CPU threads its worker had (its share of the machine's)
     GPU_MEMORY = "retort.gpu_memory"        # its memory budget on each GPU, where one was set (--gpu-memory, packing)
+    SEED_VALUES = "retort.seed_values"      # sweep.seeds > 1: each seed's value of the metric, {"0": 0.31, ...}
+    SWEEP_PARENT = "retort.sweep_parent"    # sweep.seeds > 1, on each seed's run: the sweep's parent run
 
     # MLflow's own
     PARENT_RUN_ID = "mlflow.parentRunId"
@@ -104,6 +106,8 @@ class Metric:
     SYSTEM_PREFIX = "system/"
     STOP_TRIALS_SAVED = "stop/trials_saved"     # a sweep's parent: trials a stop rule left unrun
     STOP_SECONDS_SAVED = "stop/seconds_saved"   # and their estimated compute (mean trial run time x trials)
+    TRIAL_VALUE = "trial/value"                 # sweep.seeds > 1, a trial's run: the mean of its seeds' values
+    TRIAL_VALUE_STD = "trial/value_std"         # and their standard deviation (n - 1)
 
 
 class StudyAttr:
@@ -122,3 +126,5 @@ class StudyAttr:
     RUN_ID = "mlflow_run_id"                # trial user attr: the trial's MLflow run
     RETRY_OF = "retry_of"                   # trial user attr: the number of the trial this one repeats
     FAILURE = "failure"                     # trial user attr: why the trial failed
+    SEED_VALUES = "seed_values"             # trial user attr (sweep.seeds > 1): each seed's value, {"0": 0.31, ...}
+    VALUE_STD = "value_std"                 # trial user attr (sweep.seeds > 1): their standard deviation (n - 1)

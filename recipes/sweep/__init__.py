@@ -23,6 +23,11 @@ tests the best epoch's weights, and the running best, reported each epoch, is a 
 ranks trials early much as they finally rank (scripts/bench_sweep.py: with hyperband the pruned sweep found
 the unpruned sweep's best in 5 of 5 seeds; with last-epoch values, in 1 of 5).
 
+With ``sweep.seeds: N`` (or ``--seeds N``) a trial runs its recipe with the recipe's seed and the N - 1 after
+it, one after another (:func:`retort.recipes.seeds.run_seeds`): the trial's run is the parent of N seed runs,
+and its value is the mean of the seeds' values; the pruner sees the running mean over the seeds so far
+(:mod:`.pruning`), and a pruned or failed seed stops the seeds after it.
+
 Trial states: COMPLETE; PRUNED (stopped by the pruner; its MLflow run ends FINISHED, tagged
 ``retort.trial_state=PRUNED``); FAIL (an exception, a non-finite value, an invalid recipe; its MLflow run
 ends FAILED with ``retort.failure``). A trial whose worker died (SIGKILL, lost machine) or was interrupted
@@ -37,7 +42,8 @@ machine at once by its process id.
 This module is the command (its options, :func:`sweep`: the parent's steps in order); each question has its
 own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
 :mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
-study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.processes`
+study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.pruning` (what
+the pruner sees of a trial), :mod:`.processes`
 (spawned workers, signals), :mod:`.placement` (the GPUs each worker sees), :mod:`.share` (its threads and GPU
 memory), :mod:`.study` (the study and parent run, opened and concluded), :mod:`.stop` (stop rules).
 """
@@ -76,6 +82,7 @@ EXAMPLES = """examples:
   retort sweep digits-mlp --trials 40 --workers 2           # two worker processes on this machine
   retort sweep digits-mlp -s sweep.sampler=random -s sweep.pruner=median --seed 7
   retort sweep digits-mlp -s 'sweep.space={optimizer.lr: {low: 1.0e-4, high: 0.1, log: true}}'
+  retort sweep digits-mlp --seeds 3              # each trial over seeds 0, 1, 2: its value is their mean
   retort sweep digits-mlp --study lr-bs          # run again to resume: only the missing trials run
   retort sweep digits-mlp --storage postgresql://me@db-host/optuna --tracking-uri http://mlflow:5000
                                                  # the same command on every machine shares one study
@@ -96,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a field by dotted path (repeatable), e.g. -s sweep.trials=10")
     parser.add_argument("--trials", type=int, metavar="N",
                         help="trials the study should hold, over all workers (default: sweep.trials)")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="seeds each trial runs, one after another, its value their mean (default: sweep.seeds, 1)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
                         help="worker processes on this machine, each with a fair share of the CPU threads and, where "
                              "there are GPUs, its own CUDA_VISIBLE_DEVICES (default 1)")
@@ -147,7 +156,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:  # before the imports: Optuna, PyTorch, Lightning and MLflow take seconds
         status(f"retort sweep {args.recipe}: loading Optuna, PyTorch, Lightning and MLflow")
     try:
-        result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, workers=args.workers,
+        result = sweep(args.recipe, overrides=args.overrides, trials=args.trials, seeds=args.seeds,
+                       workers=args.workers,
                        storage=args.storage, study=args.study, seed=args.seed, heartbeat=args.heartbeat,
                        patience=args.storage_patience, tracking_uri=args.tracking_uri, quiet=args.quiet,
                        command=command_line(), resume_changed=args.resume_changed,
@@ -178,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
 
 # --- the parent --------------------------------------------------------------------------------------
 
-def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, workers: int = 1,
+def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = None, seeds: int | None = None,
+          workers: int = 1,
           storage: str | None = None, study: str | None = None, seed: int | None = None, heartbeat: float = 10.0,
           tracking_uri: str | None = None, quiet: bool = False, command: str | None = None,
           patience: float = PATIENCE, resume_changed: bool = False, stop: StopRules | None = None,
@@ -196,6 +207,10 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
     (peak at most ``max_memory`` bytes, else ``gpu_memory``, else the device's memory; :mod:`.cap`).
     """
     start = time.perf_counter()
+    if seeds is not None:  # the command line's form of sweep.seeds
+        if not 1 <= seeds <= 1000:
+            raise RecipeError(f"must be between 1 and 1000, got {seeds}", field="--seeds")
+        overrides = [*overrides, ("sweep.seeds", seeds)]
     places: list[str] = []
     if workers > 1 or devices is not None or gpus_per_trial is not None or trials_per_gpu is not None or (
             gpu_memory is not None):

@@ -139,17 +139,18 @@ def requeue(study: Any, trial: Any, reason: str, tracking_uri: str | None, exper
 
 
 def _close_runs(uri: str, experiment: str | None, study: str, trial: Any, status: str, reason: str) -> None:
-    """End the trial's MLflow run(s) still RUNNING: by the run id the trial recorded, else by its tags."""
+    """End the trial's MLflow run(s) still RUNNING: the run id the trial recorded, and those its tags name (a
+    run that started before it could record its id; with sweep.seeds, the seed running)."""
     try:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
         run_ids = [trial.user_attrs[RUN_ID]] if trial.user_attrs.get(RUN_ID) else []
-        if not run_ids and experiment:
+        if experiment:
             exp = client.get_experiment_by_name(experiment)
             quoted = study.replace("'", "\\'")
             if exp is not None:
-                run_ids = [r.info.run_id for r in client.search_runs(
+                run_ids += [r.info.run_id for r in client.search_runs(
                     [exp.experiment_id], f"tags.`retort.study` = '{quoted}' and tags.`retort.trial` = "
                     f"'{trial.number}' and attributes.status = 'RUNNING'")]
         for run_id in run_ids:

@@ -60,8 +60,9 @@ def _max_epochs(base: Any) -> int:
 
 
 def make_pruner(base: Any, name: str | None = None, args: Mapping[str, Any] | None = None) -> Any:
-    """The recipe's pruner by name, with ``sweep.pruner_args``. Steps are epochs (1-based); hyperband's
-    resources run from 1 to the recipe's max_epochs. ``patient`` wraps ``pruner_args.wrapped`` (median)."""
+    """The recipe's pruner by name, with ``sweep.pruner_args``. Steps are epochs trained (1-based, over a
+    trial's seeds one after another: :mod:`.pruning`); hyperband's resources run from 1 to the recipe's
+    max_epochs times ``sweep.seeds``. ``patient`` wraps ``pruner_args.wrapped`` (median)."""
     import optuna
 
     from retort.recipes.schema import PRUNERS
@@ -85,7 +86,8 @@ def make_pruner(base: Any, name: str | None = None, args: Mapping[str, Any] | No
                 "percentile": lambda **kw: P.PercentilePruner(**{"percentile": 25.0, **kw}),
                 "successive_halving": P.SuccessiveHalvingPruner,
                 "hyperband": lambda **kw: P.HyperbandPruner(
-                    **{"min_resource": 1, "max_resource": _max_epochs(base), "reduction_factor": 3, **kw}),
+                    **{"min_resource": 1, "max_resource": _max_epochs(base) * base.sweep["seeds"],
+                       "reduction_factor": 3, **kw}),
             }
             return factories[name](**args)
     except (TypeError, ValueError) as exc:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError, RunFailed, failure
@@ -28,59 +27,13 @@ from retort.recipes.sweep.lease import (
 )
 from retort.recipes.sweep.memory import did_not_fit
 from retort.recipes.sweep.plan import Plan
+from retort.recipes.sweep.pruning import pruning_class
 from retort.recipes.sweep.search import make_pruner, make_sampler
 from retort.recipes.sweep.share import Share, apply, release
 from retort.recipes.sweep.space import applied, suggest, trial_recipe
 from retort.recipes.sweep.stop import why_stop
 from retort.recipes.sweep.storage import StorageUnavailable, open_storage
-from retort.tracking.vocabulary import StudyAttr, Tag
-
-_PRUNING: type | None = None
-
-
-def pruning_class() -> type:
-    """retort's pruning callback (Lightning's ``optuna-integration`` one needs ``lightning.pytorch``): reports
-    the metric each epoch and, when the pruner says so, stops the trainer; the run then ends normally."""
-    global _PRUNING
-    if _PRUNING is not None:
-        return _PRUNING
-    import pytorch_lightning as pl
-
-    from retort.recipes.hooks import RunId
-
-    class Pruning(pl.Callback):
-        def __init__(self, trial: Any, metric: str, maximize: bool):
-            self.trial, self.metric, self.maximize = trial, metric, maximize
-            self.pruned_at: int | None = None
-            self.best: float | None = None  # the best epoch's value so far: the trial's value
-            self.bad: float | None = None   # a non-finite value at the last epoch
-            self.run_id: str | None = None
-
-        def on_fit_start(self, trainer: pl.Trainer, m: Any) -> None:
-            for cb in trainer.callbacks:
-                if isinstance(cb, RunId) and cb.run_id:  # the Optuna trial records its MLflow run at once
-                    self.run_id = cb.run_id
-                    self.trial.set_user_attr(RUN_ID, cb.run_id)
-
-        def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
-            value = m.epoch_summary().get(self.metric)
-            if value is None:
-                return
-            if not math.isfinite(value):
-                self.bad = float(value)  # the loop fails a non-finite training loss; the pruner never sees it
-                return
-            value, self.bad = float(value), None
-            if self.best is None or (value > self.best if self.maximize else value < self.best):
-                self.best = value
-            epoch = trainer.current_epoch + 1
-            self.trial.report(self.best, epoch)  # the running best: a curve the pruner can rank early
-            if self.trial.should_prune():
-                # never raise inside fit: Lightning would close the run as failed (PITFALLS)
-                self.pruned_at = epoch
-                trainer.should_stop = True
-
-    _PRUNING = Pruning
-    return Pruning
+from retort.tracking.vocabulary import Metric, StudyAttr, Tag
 
 
 def _fmt(values: Mapping[str, Any]) -> str:
@@ -210,10 +163,16 @@ class Worker:
             recipe = trial_recipe(self.plan.draft, self.plan.overrides, setting)
             if recipe.trainer["threads"]:  # the recipe's own thread count wins over the worker's share
                 tags[Tag.THREADS] = str(recipe.trainer["threads"])
-            pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize")
+            seeds = recipe.sweep["seeds"] if recipe.sweep else 1
+            pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize",
+                                      recipe.trainer["max_epochs"], seeds)
             started = time.perf_counter()
-            result = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
-                                 callbacks=[pruning], tags=tags, parent_run_id=self.plan.parent_run_id)
+            if seeds > 1:
+                outcome = self._run_seeds(trial, recipe, seeds, tags, pruning)
+            else:
+                outcome = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True,
+                                      command=self.plan.command, callbacks=[pruning], tags=tags,
+                                      parent_run_id=self.plan.parent_run_id)
         except Interrupted as exc:  # the run is KILLED; the trial runs again when the sweep resumes
             self.current = None
             with self.lock:
@@ -233,13 +192,7 @@ class Worker:
             run_id = exc.run_id or (pruning.run_id if pruning else None)
             reason = str(exc)  # no run when it failed before recording (out of memory building the model)
             run_id = run_id or self._failed_run(trial, values, tags, reason)
-            if reason.startswith("out of memory"):  # a constraint the sampler learns from (sweep/memory.py)
-                from retort.recipes.sweep.memory import infeasible
-
-                worst = infeasible(trial, self.base.sweep["direction"] == "maximize")
-                self._finish(trial, "COMPLETE", worst, reason, run_id, values, fits=False)
-                return
-            self._finish(trial, "FAIL", None, reason, run_id, values)
+            self._failed(trial, reason, reason.startswith("out of memory"), run_id, values)
             return
         except Exception as exc:  # an error outside training (storage, record): fail the trial, go on
             run_id, reason = (pruning.run_id if pruning else None), failure(exc)
@@ -248,18 +201,81 @@ class Worker:
             return
         finally:
             self._after_trial()
-        trial.set_user_attr("fit_seconds", round(result.fit_seconds, 4))  # training only
-        trial.set_user_attr("run_seconds", round(time.perf_counter() - started, 4))  # the whole recorded run
-        trial.set_user_attr("epochs", result.epochs)
+        trial.set_user_attr("fit_seconds", round(outcome.fit_seconds, 4))  # training only
+        trial.set_user_attr("run_seconds", round(time.perf_counter() - started, 4))  # the whole recorded run(s)
+        run_id = pruning.run_id if seeds > 1 else outcome.run_id
+        if seeds > 1:
+            trial.set_user_attr("epochs", [len(c) for c in pruning.curves])
+            seed_runs = [r for r in outcome.run_ids.values() if r]
+            if outcome.failed:  # the seeds stopped at the failed one; the trial's run is FAILED with it
+                seed, why = next(iter(outcome.failed.items()))
+                cause = outcome.errors[seed].__cause__
+                if isinstance(cause, StorageUnavailable):  # the study is out of reach: stop, resume later
+                    raise cause
+                self._failed(trial, f"seed {seed}: {why}", why.startswith("out of memory"), run_id, values, seed_runs)
+                return
+            self._record_seeds(trial, outcome, pruning)
+        else:
+            trial.set_user_attr("epochs", outcome.epochs)
+            seed_runs = []
         if pruning.pruned_at is not None:
-            self._finish(trial, "PRUNED", pruning.best, f"pruned at epoch {pruning.pruned_at}", result.run_id, values)
+            self._finish(trial, "PRUNED", pruning.reported, f"pruned at {pruning.pruned_at}", run_id, values,
+                         seed_runs=seed_runs)
             return
         value = pruning.best
-        if value is None or pruning.bad is not None:
+        if value is None or pruning.bad is not None or len(pruning.values) < seeds:
             reason = f"{self.metric} is {pruning.bad if pruning.bad is not None else 'not recorded'} at the last epoch"
-            self._finish(trial, "FAIL", None, reason, result.run_id, values, close=True)
+            self._finish(trial, "FAIL", None, reason, run_id, values, close=True, seed_runs=seed_runs)
             return
-        self._finish(trial, "COMPLETE", float(value), None, result.run_id, values)
+        self._finish(trial, "COMPLETE", float(value), None, run_id, values, seed_runs=seed_runs)
+
+    def _run_seeds(self, trial: Any, recipe: Any, seeds: int, tags: Mapping[str, str], pruning: Any) -> Any:
+        """The trial over its seeds, one after another (:func:`recipes.seeds.run_seeds`): the trial's run is
+        their parent, a child of the sweep's; each seed's run carries the trial's tags too. A pruned seed, a
+        failed one or a non-finite value stops the seeds after it."""
+        from retort.recipes.seeds import run_seeds
+
+        def started(run_id: str) -> None:
+            pruning.run_id = run_id
+            trial.set_user_attr(RUN_ID, run_id)
+
+        each = {k: v for k, v in tags.items() if k != Tag.RUN_NAME} | {Tag.SWEEP_PARENT: self.plan.parent_run_id}
+        return run_seeds(recipe, seeds, tracking_uri=self.plan.tracking_uri, quiet=True, command=self.plan.command,
+                         parent_run_id=self.plan.parent_run_id, tags=tags, child_tags=each, callbacks=[pruning],
+                         started=started,
+                         proceed=lambda r: not r.failed and pruning.pruned_at is None and pruning.bad is None)
+
+    def _record_seeds(self, trial: Any, outcome: Any, pruning: Any) -> None:
+        """Per trial: each seed's value (its best epoch's), their mean (the trial's value) and standard deviation,
+        on the Optuna trial and on the trial's run."""
+        import statistics
+
+        by_seed = {str(s): v for s, v in zip(outcome.seeds, pruning.values)}
+        std = statistics.stdev(by_seed.values()) if len(by_seed) > 1 else 0.0
+        trial.set_user_attr(StudyAttr.SEED_VALUES, by_seed)
+        trial.set_user_attr(StudyAttr.VALUE_STD, std)
+        if pruning.run_id and by_seed:
+            try:
+                from mlflow import MlflowClient
+
+                client = MlflowClient(tracking_uri=self.plan.tracking_uri)
+                client.log_metric(pruning.run_id, Metric.TRIAL_VALUE, statistics.fmean(by_seed.values()), step=0)
+                client.log_metric(pruning.run_id, Metric.TRIAL_VALUE_STD, std, step=0)
+                client.set_tag(pruning.run_id, Tag.SEED_VALUES, json.dumps(by_seed))
+            except Exception as exc:
+                print(f"warning: could not record trial {trial.number}'s seed values in MLflow: {exc}", file=sys.stderr)
+
+    def _failed(self, trial: Any, reason: str, oom: bool, run_id: str | None, values: Mapping[str, Any],
+                seed_runs: Sequence[str] = ()) -> None:
+        """A trial whose run failed: FAIL, or, out of memory, a constraint the sampler learns from
+        (sweep/memory.py)."""
+        if oom:
+            from retort.recipes.sweep.memory import infeasible
+
+            worst = infeasible(trial, self.base.sweep["direction"] == "maximize")
+            self._finish(trial, "COMPLETE", worst, reason, run_id, values, fits=False, seed_runs=seed_runs)
+            return
+        self._finish(trial, "FAIL", None, reason, run_id, values, seed_runs=seed_runs)
 
     def _tag(self, run_id: str, tags: Mapping[str, str], status: str | None = None) -> None:
         try:
@@ -295,9 +311,10 @@ class Worker:
             return None
 
     def _finish(self, trial: Any, state: str, value: float | None, reason: str | None, run_id: str | None,
-                values: Mapping[str, Any], close: bool = False, fits: bool = True) -> None:
+                values: Mapping[str, Any], close: bool = False, fits: bool = True,
+                seed_runs: Sequence[str] = ()) -> None:
         """Tell Optuna, then tag the MLflow run with the trial's final state (FAIL for one that did not fit in
-        memory, which Optuna holds as a finished trial with a violated constraint)."""
+        memory, which Optuna holds as a finished trial with a violated constraint), and its seeds' runs too."""
         import optuna
 
         TrialState = optuna.trial.TrialState
@@ -322,6 +339,8 @@ class Worker:
             if close and reason:
                 tags[Tag.FAILURE] = reason[:5000]
             self._tag(run_id, tags, "FAILED" if close and reason else None)
+        for seed_run in seed_runs:
+            self._tag(seed_run, {Tag.TRIAL_STATE: state if fits else "FAIL"})
         self.ran += 1
         done = tally(self.study.get_trials(deepcopy=False))
         finished = done["COMPLETE"] + done["PRUNED"] + done["FAIL"]

@@ -114,8 +114,9 @@ def select(uri: str, run_ids: Sequence[str] = (), experiments: Sequence[str] = (
     """The runs named by ids, experiments and sweeps (their union, in that order), read from ``uri``.
 
     A sweep's parent run (a parent of other runs, or tagged ``retort.sweep=parent``) is left out of an
-    experiment's runs (its trials are there); with nothing named, the runs of the experiment holding the
-    most recent run.
+    experiment's runs (its trials are there); so is a trial's run that is the parent of its seeds' runs
+    (``sweep.seeds``), which stand for it, in a sweep's runs too. With nothing named, the runs of the
+    experiment holding the most recent run.
     """
     from retort.tracking.store import open_store
 
@@ -149,6 +150,10 @@ def select(uri: str, run_ids: Sequence[str] = (), experiments: Sequence[str] = (
         if not children:
             raise RecipeError(f"run {parent_id!r} has no child runs: it is not a sweep's parent run, or the "
                               f"sweep has no trials yet", field="--sweep")
+        seeded = search(client, exp_ids, f"tags.`{Tag.SWEEP_PARENT}` = {_quote(parent_id)}")
+        if seeded:  # sweep.seeds > 1: each trial's run is the parent of its seeds' runs, which compare groups
+            trials = {r.parent for r in seeded}
+            children = [r for r in children if r.run_id not in trials] + seeded
         runs += sorted(children, key=lambda r: r.start_time)
         sweep = sweep or sweep_of(parent[0])
 
