@@ -2,8 +2,10 @@
 
     .venv/bin/python scripts/bench_sweep.py            # all figures, about 10 minutes on 2 cores
     .venv/bin/python scripts/bench_sweep.py --quick    # fewer trials and seeds, to try it out
+    .venv/bin/python scripts/bench_sweep.py --only packed   # packed trials alone: about 2 minutes on 2 cores
 
-Figures (goals from issue 4):
+Figures (goals from issues 4 and 12):
+
 - per-trial overhead: digits-mlp trials of about 2 s (epochs calibrated to that; one torch thread, whose
   fit times hold steady where two threads on two cores stall whenever anything else runs), no pruning,
   20 trials. Per trial: its span in the study (ask to tell: sampling, the whole recipe run with its record,
@@ -22,6 +24,16 @@ Figures (goals from issue 4):
   unpruned sweep's best validation loss is the target; the figure is the unpruned sweep's total compute
   over the pruned sweep's compute up to the trial that first reaches the target (0 when none does).
   Median over seeds. Goal >= 3x.
+- packed trials: the same small trials (digits-mlp, about 1 s of fit each with a packed worker's share)
+  by ``retort sweep --workers K`` packed on one device against ``--workers 1`` running them one after
+  another with the whole device, which is what a user would otherwise run. On the CPU the shared resource
+  is the threads: K workers of cpus / K threads each against one worker with torch's default (all cores),
+  and, to tell packing's own gain from the threads', against one worker with cpus / K threads
+  (``OMP_NUM_THREADS``). On a GPU (``--device cuda``, the default where there is one): GPU 0 with
+  ``--trials-per-gpu K``, each worker an even share of its memory, against one worker alone on it. The
+  trials' span (first trial's start to last trial's end: the rate a sweep sustains; goal >= 1.5x against
+  the whole device) and the whole command's wall time (start-up and conclusion, the same on both sides,
+  included), alternating rounds, median ratio.
 """
 
 from __future__ import annotations
@@ -54,12 +66,15 @@ def trials_of(storage: str, study: str) -> list:
     return sorted(loaded.get_trials(deepcopy=False), key=lambda t: t.number)
 
 
-def calibrate(folder: Path, target: float, threads: int | None = None) -> int:
-    """Epochs of digits-mlp whose fit takes about ``target`` seconds here (with ``threads`` torch threads)."""
+def calibrate(folder: Path, target: float, threads: int | None = None, device: str | None = None) -> int:
+    """Epochs of digits-mlp whose fit takes about ``target`` seconds here (with ``threads`` torch threads, on
+    ``device``: ``cuda``, else the recipe's CPU)."""
     from retort import recipes
 
     uri = f"sqlite:///{folder / 'calibrate.db'}"
     sets = ["trainer.max_epochs=20", "tracking.system_metrics=false"]
+    if device:
+        sets.append(f"trainer.accelerator={device}")
     recipe = recipes.load("digits-mlp", [*sets, f"trainer.threads={threads}"] if threads else sets)
     recipes.run(recipe, tracking_uri=uri, quiet=True)  # warm-up: imports, first-call costs
     fit = min(recipes.run(recipe, tracking_uri=uri, quiet=True).fit_seconds for _ in range(2))
@@ -123,6 +138,71 @@ def workers(folder: Path, epochs: int, trials: int, threads: int | None = None, 
     return pairs
 
 
+def packed(folder: Path, k: int, trials: int, epochs: int, cuda: bool, repeats: int) -> list[dict]:
+    """``retort sweep`` of ``trials`` trials of ``epochs`` epochs on one device (the CPU, or GPU 0): ``k`` workers
+    packed on it (``--trials-per-gpu k`` on a GPU), against one worker with the whole device and, on the CPU,
+    one worker with a packed worker's share of the threads (``OMP_NUM_THREADS``); alternately, ``repeats``
+    times. Per repeat and setting: the command's wall time, the trials' span (first start to last end), and a
+    trial's ``retort.threads`` and ``retort.gpu_memory`` tags."""
+    from mlflow import MlflowClient
+
+    from retort.recipes.sweep.share import threads
+    from retort.recipes.sweep.storage import default_journal
+    from retort.tracking.vocabulary import StudyAttr
+
+    share = threads(os.cpu_count() or 1, k)[-1]
+    settings = [("whole", 1, None), *([("share", 1, share)] if not cuda else []), ("packed", k, None)]
+    rounds = []
+    for r in range(repeats):
+        got = {}
+        for label, n, omp in settings:
+            name = f"packed-{label}-{r}"
+            uri = f"sqlite:///{folder / name}.db"
+            # python -m: also where retort is imported from a source folder (scripts/gpu-check), no console script
+            cmd = [sys.executable, "-m", "retort.recipes.cli", "sweep", "digits-mlp", "--trials", str(trials),
+                   "--workers", str(n), "--study", name, "--tracking-uri", uri, "-q",
+                   "-s", f"trainer.max_epochs={epochs}", "-s", "sweep.pruner=none", "-s", LR_ONLY]
+            if cuda:
+                cmd += ["--devices", "0", "--trials-per-gpu", str(n), "-s", "trainer.accelerator=cuda"]
+            env = {**os.environ, **({"OMP_NUM_THREADS": str(omp)} if omp else {})}
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=folder, env=env)
+            wall = time.perf_counter() - start
+            done = trials_of(str(default_journal(uri, name)), name)
+            tags = MlflowClient(tracking_uri=uri).get_run(done[-1].user_attrs[StudyAttr.RUN_ID]).data.tags
+            got[label] = {"wall": wall, "trials_s": spans(done)["trials_s"], "threads": tags.get("retort.threads"),
+                          "gpu_memory": tags.get("retort.gpu_memory"), "workers": n,
+                          "complete": sum(t.state.name == "COMPLETE" for t in done)}
+        rounds.append(got)
+    return rounds
+
+
+def packed_rows(rounds: list[dict], k: int, trials: int, epochs: int, cuda: bool) -> list[tuple]:
+    """The figures of :func:`packed`: each baseline's seconds over the packed workers', median over repeats;
+    the goal is on the trials against the whole device, what a user would otherwise run."""
+    device = "GPU 0" if cuda else "the CPU"
+    first = rounds[0]
+    packed_how = f"{k} x {first['packed']['threads']} thread(s)" + (
+        f", {first['packed']['gpu_memory']}" if first["packed"]["gpu_memory"] else "")
+    rows = []
+    for base in ("whole", "share"):
+        if base not in first:
+            continue
+        t = first[base]["threads"]
+        against = f"1 worker x {t} thread{'s' * (t != '1')}" + (" (the whole device)" if base == "whole" else "")
+        for what, key in (("while running trials", "trials_s"), ("whole command", "wall")):
+            ratio = statistics.median(r[base][key] / r["packed"][key] for r in rounds)
+            detail = ", ".join(f"{r[base][key]:.1f} vs {r['packed'][key]:.1f}" for r in rounds)
+            if key == "wall":  # start-up and conclusion: the same fixed cost on both sides
+                fixed = [(r[base]["wall"] - r[base]["trials_s"], r["packed"]["wall"] - r["packed"]["trials_s"])
+                         for r in rounds]
+                detail += "; outside the trials " + ", ".join(f"{a:.1f} vs {b:.1f}" for a, b in fixed)
+            rows.append((f"packed trials on {device}: {k} workers over {against}, one after another ({what})",
+                         f"{ratio:.2f}x", f"{trials} trials of {epochs} epochs, {packed_how}; seconds: {detail}",
+                         ">= 1.5" if base == "whole" and key == "trials_s" else "-"))
+    return rows
+
+
 def search(folder: Path, seed: int, trials: int, epochs: int) -> dict[str, float]:
     from retort.recipes import sweep as sw
 
@@ -160,10 +240,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer trials and seeds")
     parser.add_argument("--seeds", type=int, default=5, help="search: seeds (median over them)")
-    parser.add_argument("--only", choices=("overhead", "workers", "search"), action="append",
+    parser.add_argument("--only", choices=("overhead", "workers", "search", "packed"), action="append",
                         help="run only these figures (repeatable)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="packed trials: the device they share (default: cuda where there is a GPU)")
+    parser.add_argument("--packed", type=int, metavar="K",
+                        help="packed trials: workers on the one device (default: 4 on a GPU, else min(cpus, 4))")
     args = parser.parse_args()
-    only = set(args.only or ("overhead", "workers", "search"))
+    only = set(args.only or ("overhead", "workers", "search", "packed"))
     n_overhead, n_workers, n_search, seeds = (4, 4, 8, 2) if args.quick else (20, 16, 20, args.seeds)
     import optuna
 
@@ -171,9 +255,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="retort-bench-sweep-") as tmp:
         folder = Path(tmp)
-        epochs, epochs1 = calibrate(folder, 2.0), calibrate(folder, 2.0, threads=1)
-        print(f"digits-mlp: {epochs} epochs take about 2 s to fit here with torch's threads, {epochs1} with one "
-              f"(cpus: {os.cpu_count()})", flush=True)
+        if only != {"packed"}:
+            epochs, epochs1 = calibrate(folder, 2.0), calibrate(folder, 2.0, threads=1)
+            print(f"digits-mlp: {epochs} epochs take about 2 s to fit here with torch's threads, {epochs1} with "
+                  f"one (cpus: {os.cpu_count()})", flush=True)
         if "overhead" in only:
             o = overhead(folder, epochs1, n_overhead)
             e, c = o["engine"], o["command"]
@@ -218,6 +303,22 @@ def main() -> None:
                          f"{n_search} trials x 27 epochs, {seeds} seeds, target reached in {reached}; "
                          f"total-compute ratio {statistics.median(s['ratio_total'] for s in per_seed):.2f}x",
                          ">= 3"))
+        if "packed" in only:
+            import torch
+
+            cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+            k = args.packed or (4 if cuda else min(os.cpu_count() or 1, 4))
+            from retort.recipes.sweep.share import threads
+
+            # a small trial: about 1 s of fit with a packed worker's share (the CPU's threads, or the GPU alone)
+            small = calibrate(folder, 1.0, threads=None if cuda else threads(os.cpu_count() or 1, k)[-1],
+                              device="cuda" if cuda else None)
+            n = 2 * k if args.quick else 4 * k
+            rounds = packed(folder, k, n, small, cuda, repeats=1 if args.quick else 2)
+            got = packed_rows(rounds, k, n, small, cuda)
+            rows.extend(got)
+            for row in got:
+                print(row, flush=True)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'figure':<{width}}  {'result':>7}  goal     detail")
     for name, value, detail, goal in rows:

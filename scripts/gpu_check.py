@@ -11,6 +11,11 @@ Figures (the check reports, it never fails on a figure; it exits 1 only when som
 - telemetry cost: fit time with ``tracking.telemetry`` on over off (eager, alternating pairs). Goal <= 1.01x.
 - 16-mixed: the loss scale and its overflows are recorded.
 - the record: CUDA, cuDNN and driver tags, GPU model and count, this run's GPU readings through NVML.
+- packed trials (GPU only): ``retort sweep --workers 4`` of small digits-mlp trials packed on GPU 0 against
+  one worker running them one after another (scripts/bench_sweep.py's figure, one pair; goal >= 1.5x), and
+  two workers packed under ``--gpu-memory 2GiB``: the trials whose model needs about 4 GiB fail out of memory
+  by themselves while their neighbour's trials complete; the CUDA context's own memory is measured against
+  the 1 GiB per worker that the budget check sets aside.
 Without CUDA the same steps run small on the CPU (no compile, no MFU), each skipped part said in one line.
 """
 
@@ -52,6 +57,63 @@ def recipe_dict(size: dict, *, cuda: bool, precision: str, compile: bool, teleme
         "tracking": {"experiment": "gpu-check", "telemetry": telemetry, "checkpoint": False,
                      "system_metrics_interval": 1.0},
     }
+
+
+BUDGET_SWEEP = """\
+name: packed-budget
+seed: 0
+data: {name: digits, batch_size: 64}
+model: {name: mlp, hidden: [64]}
+optimizer: {name: adam, lr: 0.001}
+trainer: {max_epochs: 2, accelerator: cuda, devices: 1}
+tracking: {experiment: packed-budget, checkpoint: false}
+sweep:
+  metric: val/loss
+  sampler: grid
+  pruner: none
+  space:
+    model.hidden: {choices: [[64], [16384, 16384]]}
+    optimizer.lr: {choices: [0.001, 0.01]}
+"""
+
+
+def packed_budget(folder: Path, uri: str) -> dict:
+    """Two workers packed on GPU 0, 2 GiB each: a 4-trial grid where the wide model needs about 4 GiB (a
+    16384 x 16384 layer's weights, gradients and Adam's two moments). Per trial: its width, status, failure,
+    budget tag and worker."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    recipe = folder / "packed-budget.yaml"
+    recipe.write_text(BUDGET_SWEEP)
+    out = subprocess.run([sys.executable, "-m", "retort.recipes.cli", "sweep", str(recipe), "--trials", "4",
+                          "--workers", "2", "--devices", "0", "--trials-per-gpu", "2", "--gpu-memory", "2GiB",
+                          "--tracking-uri", uri, "-q"], capture_output=True, text=True, cwd=folder, timeout=300)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("packed-budget")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    trials = [{"wide": "16384" in r.data.params.get("model.hidden", ""), "status": r.info.status,
+               "failure": r.data.tags.get("retort.failure", "")[:120],
+               "gpu_memory": r.data.tags.get("retort.gpu_memory"),
+               "worker": r.data.tags.get("retort.worker")} for r in runs if "retort.trial" in r.data.tags]
+    return {"rc": out.returncode, "stderr": out.stderr[-1000:], "trials": trials}
+
+
+def context_mib() -> float | None:
+    """Device memory this process holds outside torch's allocator (its CUDA context and libraries), MiB."""
+    import torch
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(0).uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        mine = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid == os.getpid()]
+        return (mine[0] - torch.cuda.memory_reserved(0)) / 2**20 if mine and mine[0] else None
+    except Exception:
+        return None
 
 
 def retort_run(raw: dict, uri: str) -> dict:
@@ -227,12 +289,39 @@ def main() -> int:
             if cuda and not report["system_metrics"]:
                 failures.append("no system/gpu_* readings")
 
+        def packed_trials() -> None:  # K small trials on one GPU against one after another; a memory budget holds
+            sys.path.insert(0, str(REPO / "scripts"))
+            from bench_sweep import calibrate, packed, packed_rows
+
+            report["cuda_context_mib"] = context_mib()
+            rows.append(("CUDA context MiB (1024 set aside a worker)", report["cuda_context_mib"], None, ""))
+            budget = packed_budget(Path(tmp), uri)
+            report["packed_budget"] = budget
+            wide = [t for t in budget["trials"] if t["wide"]]
+            narrow = [t for t in budget["trials"] if not t["wide"]]
+            if not (wide and all(t["failure"].startswith("out of memory") for t in wide)):
+                failures.append(f"packed under --gpu-memory 2GiB: the wide trials did not fail out of memory: {wide}")
+            if not (narrow and all(t["status"] == "FINISHED" for t in narrow)):
+                failures.append(f"packed under --gpu-memory 2GiB: a narrow trial did not finish: {narrow}")
+            if not all((t["gpu_memory"] or "").startswith("2 GiB of") for t in budget["trials"]):
+                failures.append(f"packed under --gpu-memory 2GiB: retort.gpu_memory tags: {budget['trials']}")
+            k, epochs = 4, calibrate(Path(tmp), 1.0, device="cuda")
+            rounds = packed(Path(tmp), k, 3 * k, epochs, cuda=True, repeats=1)
+            report["packed"] = {"k": k, "epochs": epochs, "rounds": rounds}
+            for name, value, detail, _ in packed_rows(rounds, k, 3 * k, epochs, cuda=True):
+                say(f"{name}: {value} ({detail})")
+            for what, key, goal in (("whole command", "wall", "<= 0.67x"), ("trials running", "trials_s", "")):
+                rows.append((f"seconds, {k} packed / 1 alone, {what}", rounds[0]["packed"][key],
+                             rounds[0]["whole"][key], goal))
+
         part("bf16" + (" + compile" if cuda else "") + " recipe against the hand-written loop", bf16_compile)
         part("telemetry on over off", telemetry_cost)
         if cuda:
             part("16-mixed loss scaling", fp16_scaling)
         if ours:
             part("the record", the_record)
+        if cuda:
+            part("packed trials on one GPU", packed_trials)
 
     say("")
     say(f"{'figure':<40} {'retort':>12} {'baseline':>12} {'ratio':>7}  goal")
