@@ -117,3 +117,13 @@ def test_a_users_own_tracking_and_plugins_do_not_shadow_retort_under_torchrun(sh
                          cwd=shadowed, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sum(line.startswith("run_id: ") for line in out.stdout.splitlines()) == 1
+
+
+def test_every_package_folder_is_installed():
+    """A plain (non-editable) install ships only the packages pyproject.toml lists: a sub-package missing from
+    the list works in a checkout and fails after `pip install .`."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {"retort." + ".".join(init.parent.relative_to(REPO).parts)
+               for floor in ("plugins", "tracking", "recipes") for init in (REPO / floor).rglob("__init__.py")}
+    assert listed == on_disk
