@@ -284,11 +284,21 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """One retort command, as the console script runs it; its exit status. Called from Python, the process's
+    own SIGINT and SIGTERM handlers are back in place when it returns."""
     import threading
 
-    if threading.current_thread() is threading.main_thread():  # the whole command, not only training
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        return _command(argv)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _command(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -364,7 +374,9 @@ def entry() -> None:
     """The ``retort`` console script: :func:`main`, then :func:`leave` (an uncaught exception leaves the
     normal way, with its traceback). A signal after the work is done changes nothing."""
 
-    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the whole command, not only training
+        signal.signal(sig, _interrupt)
+    code = _command(None)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     leave(code)

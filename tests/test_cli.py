@@ -244,3 +244,11 @@ def test_ddp_over_two_cpu_processes_makes_one_run(tmp_path: Path):
     assert [m.step for m in client.get_metric_history(run_id, "perf/samples_per_second")] == [1, 2]
     tags = runs[0].data.tags
     assert tags["retort.rank0.device"].startswith("node 0 (") and tags["retort.rank1.device"].endswith(" cpu")
+
+
+def test_main_called_from_python_gives_back_the_signal_handlers(workdir, capsys):
+    """A script (or a test runner) calling the CLI in-process keeps its own SIGINT and SIGTERM handlers."""
+    mine = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    assert main(["show", "iris-rmsprop"]) == 0
+    assert main(["show", "iris-rmsprop", "-s", "optimizer.lr=true"]) == 2
+    assert {sig: signal.getsignal(sig) for sig in mine} == mine
