@@ -90,6 +90,9 @@ def test_split_by_seeded_index_matches_the_table_split():
     # stratified from the data set's targets, exactly as a table of the same rows is split
     assert torch.equal(torch.stack([s.test[i][1] for i in range(36)]), table.test[1])
     assert torch.equal(torch.stack([s.val[i][1] for i in range(36)]), table.val[1])
+    # a split serves a plain torch DataLoader too (a hand-written loop over retort's splits)
+    xb, yb = next(iter(torch.utils.data.DataLoader(s.test, batch_size=36)))
+    assert torch.equal(yb, table.test[1]) and xb.shape == (36, 13)
 
 
 def test_epoch_order_is_the_tensor_loaders_for_every_rank():

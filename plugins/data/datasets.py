@@ -100,6 +100,8 @@ class Part(Dataset):
         return self.dataset[self.indices[i]] if inner is None else inner(self.indices[i], generator)
 
     def __getitems__(self, positions: list[int]) -> Any:
+        if not self.reads_batches:  # torch's DataLoader calls this whenever it exists: a plain one too
+            return [self.dataset[self.indices[i]] for i in positions]
         return self.dataset.__getitems__([self.indices[i] for i in positions])  # type: ignore[attr-defined]
 
 
