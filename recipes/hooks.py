@@ -8,6 +8,7 @@ The order of the loop's events is :mod:`retort.recipes.events`.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -217,6 +218,42 @@ class Interruption(pl.Callback):
         if self.guard.signum is not None and batch_idx % getattr(m, "accumulate", 1) == 0:
             self.stop(trainer, m)
 
+
+
+class Resumable(pl.Callback):
+    """Keeps a resumable checkpoint of the run no older than ``every`` seconds of training (and spends at most
+    2% of it doing so): at a batch boundary where exactly the batches before it are applied, as
+    :class:`Interruption` does, written to a temporary file and renamed over ``path``, so that a SIGKILL leaves
+    the last one whole (the next retort command uploads it: ``tracking/liveness.py``). Under DDP every rank
+    takes part in a save, so there the rule is one a rank can follow alone: at each epoch's start."""
+
+    budget = 0.02  # the share of training time saves may take
+
+    def __init__(self, path: Path, every: float, recorder: Recorder):
+        self.path, self.every, self.recorder = path, every, recorder
+        self._due = math.inf
+        self._first_epoch = 0
+        self.saves, self.seconds = 0, 0.0  # how many, and their cost (scripts/bench)
+
+    def on_train_start(self, trainer: pl.Trainer, m: Any) -> None:
+        self._due = time.monotonic() + self.every
+        self._first_epoch = trainer.current_epoch
+
+    def on_train_batch_start(self, trainer: pl.Trainer, m: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.world_size > 1:
+            if batch_idx or trainer.current_epoch == self._first_epoch:
+                return
+        elif time.monotonic() < self._due or batch_idx % getattr(m, "accumulate", 1):
+            return
+        start = time.monotonic()
+        self.recorder.record_steps(m)  # first: the checkpoint must know these steps are recorded
+        part = self.path.with_suffix(".ckpt.part")
+        trainer.save_checkpoint(part)
+        if trainer.is_global_zero:
+            os.replace(part, self.path)
+        spent = time.monotonic() - start
+        self.saves, self.seconds = self.saves + 1, self.seconds + spent
+        self._due = time.monotonic() + max(self.every, spent / self.budget)
 
 
 class RunId(pl.Callback):

@@ -336,7 +336,7 @@ class _Fit:
         import pytorch_lightning as pl
         from pytorch_lightning.callbacks import ModelCheckpoint
 
-        from retort.recipes.hooks import BestWeights, EpochLine, Interruption, Recorder, RunId
+        from retort.recipes.hooks import BestWeights, EpochLine, Interruption, Recorder, Resumable, RunId
 
         built, tmp = self.built, self.tmp
         recipe, module, datamodule = built.recipe, built.module, built.datamodule
@@ -345,6 +345,10 @@ class _Fit:
         self.interruption = Interruption(guard, tmp / "last.ckpt", recorder)
         self.run_id_callback = RunId(self.record.run_id if self.record is not None else None)
         callbacks: list[pl.Callback] = [recorder, self.interruption, self.run_id_callback]
+        if recipe.tracking["resume_every"] is not None:  # beside the run's spool: what a SIGKILL leaves to resume
+            spool = getattr(self.record, "spool", None)
+            path = spool.checkpoint if spool is not None else tmp / "resumable.ckpt"
+            callbacks.append(Resumable(path, recipe.tracking["resume_every"], recorder))
         if recipe.tracking["telemetry"]:
             from retort.recipes.throughput import Throughput
 

@@ -107,6 +107,9 @@ class TrackingOptions(_Options):
     run_name: str | None = Field(None, description="MLflow run name (default: MLflow's generated name)")
     log_every_n_steps: int = Field(1, ge=0, description="record train/loss and lr every n steps (0: per epoch only)")
     checkpoint: bool = Field(True, description="keep the best checkpoint as an artifact")
+    resume_every: float | None = Field(10.0, ge=0, description="seconds between the resumable checkpoints written "
+                                       "locally during training (a SIGKILL loses at most this much, or 2% of the "
+                                       "time; null: none)")
     log_model: bool = Field(True, description="log the tested weights as an MLflow model (model/, retort predict)")
     system_metrics: bool = Field(True, description="sample CPU, memory (and GPU) use during the run")
     system_metrics_interval: float = Field(10.0, gt=0, description="seconds between system-metric samples")

@@ -302,3 +302,35 @@ def test_resume_auto_continues_the_latest_interrupted_run_of_the_same_command(cl
     assert resumed.run_id == killed.info.run_id
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     assert resumed.metrics == first.metrics
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_resumes_from_the_checkpoint_it_kept_while_training(workdir: Path):
+    """``kill -9`` in the middle of training runs no handler: the run resumes from the checkpoint it kept
+    beside its spool as it trained (``tracking.resume_every``), which the next command uploads; the resumed
+    run records every value once and ends with the values of an uninterrupted run."""
+    overrides = ["trainer.max_epochs=10", "data.batch_size=16", "tracking.resume_every=0.2",
+                 "tracking.system_metrics=false", "tracking.log_model=false"]
+    args = ["run", "digits-mlp", *[a for o in overrides for a in ("-s", o)]]
+    proc = start(*args, cwd=workdir)
+    wait_for_epoch(proc, 3)
+    assert list((workdir / "spool").rglob("*.ckpt"))  # a resumable checkpoint exists from here on
+    wait_for_epoch(proc, 4)
+    proc.kill()
+    proc.wait(timeout=30)
+    client = store(workdir)
+    [killed] = all_runs(client)
+    assert killed.info.status == "RUNNING"
+    out = subprocess.run([str(EXE), *args, "--resume", "auto"], cwd=workdir, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr
+    assert f"run_id: {killed.info.run_id}" in out.stdout  # continued, not a new run
+    assert out.stdout.count("epoch ") < 10  # from the checkpoint, not from scratch
+    assert not list((workdir / "spool").rglob("*.ckpt"))  # the run finished: its checkpoint is gone
+    whole = recipes.run(recipes.load("digits-mlp", overrides), quiet=True)
+    run = client.get_run(killed.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["retort.resumed"] == "true"
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("test/")} == \
+        {k: v for k, v in whole.metrics.items() if k.startswith("test/")}
+    for key in ("train/loss", "train/loss_epoch", "val/loss", "lr"):
+        assert history(client, killed.info.run_id, key) == history(client, whole.run_id, key), key

@@ -8,9 +8,11 @@ closing the runs whose process is gone.
   one folder per store). Every metric value is appended as it reaches the record (handed to the kernel
   at once, so a SIGKILL loses nothing written), a mark each time the store holds everything above it,
   and whatever the store could not take while unreachable or full (tags, artifacts, the end state).
-  A run that closes with everything in the store deletes its spool.
+  Beside it, the run's latest resumable checkpoint (``<run id>.ckpt``, replaced atomically while training:
+  a SIGKILL leaves the last one whole). A run that closes with everything in the store deletes both.
 - **Recovery** (:func:`recover`, run by every retort command that opens a store, and by ``retort
-  sync``): a spool whose process is gone is replayed into the store, and a RUNNING run whose process is
+  sync``): a spool whose process is gone is replayed into the store (its checkpoint uploaded as the run's
+  ``checkpoints/last.ckpt``, which ``retort run --resume`` continues from), and a RUNNING run whose process is
   gone (same host: the pid is dead or belongs to a later process) or silent for ``GRACE_SECONDS`` (another
   host) is closed as KILLED with the reason.
 """
@@ -108,6 +110,7 @@ class Spool:
 
     def __init__(self, path: Path):
         self.path = path
+        self.checkpoint = checkpoint_of(path)  # the run's latest resumable checkpoint, written by the loop
         self.pending = 0  # values and writes not yet in the store
         self._file: Any = None
 
@@ -175,8 +178,14 @@ class Spool:
             remove(self.path)
 
 
+def checkpoint_of(spool: Path) -> Path:
+    return spool.with_suffix(".ckpt")
+
+
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
+    for leftover in (checkpoint_of(path), checkpoint_of(path).with_suffix(".ckpt.part")):
+        leftover.unlink(missing_ok=True)
     shutil.rmtree(path.with_suffix(""), ignore_errors=True)
 
 
@@ -236,13 +245,14 @@ def _replay_spools(uri: str, client: Any) -> list[str]:
             continue
         if not header or alive(header.get("process", "")) is not False:
             continue  # a live process's (or an unreadable) spool
-        done.append(replay(client, header["run_id"], header["process"], todo))
+        done.append(replay(client, header["run_id"], header["process"], todo, checkpoint_of(path)))
         remove(path)
     return done
 
 
-def replay(client: Any, run_id: str, process: str, todo: list[list[str]]) -> str:
-    """Write a dead process's spooled lines into the store; close its run (KILLED unless the spool ended it)."""
+def replay(client: Any, run_id: str, process: str, todo: list[list[str]], checkpoint: Path | None = None) -> str:
+    """Write a dead process's spooled lines into the store; close its run (KILLED unless the spool ended it,
+    with its latest ``checkpoint`` as ``checkpoints/last.ckpt`` to resume from)."""
     from mlflow.entities import Metric
 
     from retort.tracking.record import RunRecord
@@ -251,6 +261,10 @@ def replay(client: Any, run_id: str, process: str, todo: list[list[str]]) -> str
     record = RunRecord(client, run_id, run.info.experiment_id)
     status = None
     values = [Metric(p[1], float(p[2]), int(p[3]), int(p[4])) for p in todo if p[0] == "m"]
+    if values:  # a kill between the store's commit and the spool's mark: those values are in already
+        have = {(m.key, m.step, m.timestamp) for key in {v.key for v in values}
+                for m in client.get_metric_history(run_id, key)}
+        values = [v for v in values if (v.key, v.step, v.timestamp) not in have]
     if values and run.info.status != "RUNNING":
         client.update_run(run_id, status="RUNNING")  # the store takes values for active runs only
     if values:
@@ -265,12 +279,23 @@ def replay(client: Any, run_id: str, process: str, todo: list[list[str]]) -> str
                 client.log_artifact(run_id, source, artifact_path)
         elif parts[0] == "e":
             status = parts[1]
+    resumable = ""
     if status is None:
         status = "KILLED"
         client.set_tag(run_id, Tag.FAILURE, f"killed: process {_who(process)} ended without closing the run "
                                                  "(SIGKILL, the out-of-memory killer or a power loss)")
+        if checkpoint is not None and checkpoint.is_file():
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="retort-") as tmp:  # uploaded under the name resuming reads
+                try:
+                    os.link(checkpoint, Path(tmp) / "last.ckpt")
+                except OSError:
+                    shutil.copyfile(checkpoint, Path(tmp) / "last.ckpt")
+                client.log_artifact(run_id, str(Path(tmp) / "last.ckpt"), "checkpoints")
+            resumable = ", with its last checkpoint to resume from"
     client.set_terminated(run_id, status=status)
-    return f"replayed {run_id} ({len(values)} values from the local spool; {status})"
+    return f"replayed {run_id} ({len(values)} values from the local spool; {status}{resumable})"
 
 
 def _who(process: str) -> str:

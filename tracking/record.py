@@ -63,6 +63,7 @@ class RunRecord:
         self._oldest = 0.0  # monotonic time of the oldest buffered value
         self._kept: dict[str, list[tuple[int, float]]] = {key: [] for key in self.kept}
         self._reopened = reopened  # values recorded before this process are in the store only
+        self._floor: dict[str, int] = self._floors() if reopened else {}  # steps recorded before: not again
         self.finished = False
         self.spool: Spool | None = None
         self.heartbeat: Heartbeat | None = None
@@ -135,17 +136,22 @@ class RunRecord:
         from retort.tracking.store import open_store
 
         client = open_store(uri)  # a missing store is bad input, never created
+        recover(uri, client)  # a run killed by SIGKILL: closed, with the checkpoint its process left behind
         try:
             run = client.get_run(run_id)
         except MlflowException:
             raise RecipeError(f"no run {run_id!r} in {uri}", field="--resume") from None
         if run.info.status == "FINISHED":
             raise RecipeError(f"run {run_id} finished; there is nothing to resume", field="--resume")
+        if run.info.status == "RUNNING":
+            raise RecipeError(f"run {run_id} is still running (process {run.data.tags.get(Tag.PROCESS, '?')}); "
+                              "stop it first", field="--resume")
         try:
             checkpoint = Path(client.download_artifacts(run_id, "checkpoints/last.ckpt", str(tmp)))
         except (MlflowException, OSError):
-            raise RecipeError(f"run {run_id} ({run.info.status}) has no checkpoint to resume from; only runs "
-                              f"stopped by SIGINT/SIGTERM leave one", field="--resume") from None
+            raise RecipeError(f"run {run_id} ({run.info.status}) has no checkpoint to resume from; runs stopped by "
+                              "a signal leave one, and killed ones the last written in training "
+                              "(tracking.resume_every)", field="--resume") from None
         check(Path(client.download_artifacts(run_id, "recipe.yaml", str(tmp))))
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, Tag.RESUMED, "true")
@@ -171,6 +177,8 @@ class RunRecord:
         now = int(time.time() * 1000)
         self._note_oldest()
         start = len(self._buffer)
+        if self._floor:
+            metrics = {k: v for k, v in metrics.items() if step > self._floor.get(k, -1)}
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if self.spool is not None:
             self.spool.metrics(self._buffer[start:])
@@ -184,7 +192,8 @@ class RunRecord:
         now = int(time.time() * 1000)
         self._note_oldest()
         start = len(self._buffer)
-        self._buffer.extend(Metric(key, float(v), now, s) for v, s in zip(values, steps))
+        floor = self._floor.get(key, -1)
+        self._buffer.extend(Metric(key, float(v), now, s) for v, s in zip(values, steps) if s > floor)
         if self.spool is not None:
             self.spool.metrics(self._buffer[start:])
         if key in self._kept:
@@ -197,6 +206,13 @@ class RunRecord:
             return sorted(self._kept[key])
         self.flush()
         return sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+
+    def _floors(self) -> dict[str, int]:
+        """Per metric of a resumed run (``system/*`` aside: a sample count per process), the highest step in
+        the store. A run killed after its last checkpoint recorded the steps it trained since (its spool kept
+        them); the resumed run trains them again and records only the values past them."""
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics if not k.startswith("system/")]
+        return {k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
 
     def _note_oldest(self) -> None:
         if not self._buffer:
