@@ -731,6 +731,91 @@ def test_the_study_database_going_down_is_waited_out_or_stops_the_sweep_cleanly(
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
+def test_a_database_restart_at_any_moment_of_a_two_worker_sweep_loses_and_doubles_nothing(workdir: Path, client,
+                                                                                       postgres_url: str):
+    """PostgreSQL restarting under a 2-worker sweep, as a proxy in front of it plays it (every connection cut,
+    new ones refused for a moment; the machine's cluster stays up): while a trial trains, while a worker takes
+    the study lock (which the database then releases), while a trial is created (the statement lost; or
+    committed with its reply lost), while one finishes. The sweep ends with exactly N trials, each with one
+    finished MLflow run, nothing RUNNING in Optuna or MLflow, exit 0, no traceback."""
+    import optuna
+
+    from tests.pgproxy import ProxyProcess
+
+    write(workdir, unpruned_digits(3, None))
+    exe, env = retort_command()
+    proxy = ProxyProcess(postgres_url)
+    moments = [("INSERT INTO trial_intermediate_values", False), ("pg_advisory_lock", False),
+               ("INSERT INTO trials", False), ("UPDATE trials SET state", True), ("INSERT INTO trials", True)]
+    for statement, committed in moments:
+        proxy.cut_on(statement, 1.0, forward=committed)
+    try:
+        out = subprocess.run([exe, "sweep", "tiny.yaml", "--storage", proxy.url, "--study", "restarts", "--trials",
+                              "4", "--workers", "2", "--storage-patience", "60", "--heartbeat", "2", "-q"],
+                             cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        cuts = proxy.close()
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert cuts == [s + (" (committed)" if c else "") for s, c in moments], out.stderr  # each moment was caught
+    study = optuna.load_study(study_name="restarts", storage=postgres_url)
+    counted = [t for t in study.trials if "retort:retried" not in t.system_attrs]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted), \
+        [(t.number, t.state.name, t.user_attrs) for t in study.trials]
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    check_records(client, study, last_lines(out.stdout)[2])
+
+
+def test_a_study_lock_lost_with_its_connection_is_taken_again_before_a_trial_is_added(postgres_url: str):
+    """The database releases an advisory lock when the holder's connection drops, so after a restart a second
+    worker can take it while the first still counts on it. The first then adds no trial (a creation checks the
+    lock first) and starts over once it holds the lock again: what it counted before may be stale."""
+    import threading
+
+    import optuna
+
+    from retort.recipes.sweep.lease import PostgresLock, locked
+    from retort.recipes.sweep.storage import LockLost, fence
+    from tests.pgproxy import Proxy
+
+    proxy = Proxy(postgres_url)
+    try:
+        storage = open_storage(proxy.url, 30)
+        study = optuna.create_study(study_name="fenced", storage=storage)
+        first, second = PostgresLock(proxy.url, "fenced", 30), PostgresLock(proxy.url, "fenced", 30)
+        with first:
+            assert first.held()
+            proxy.outage(0.5)  # the restart: every connection dropped, the lock released
+            with second:  # taken as soon as the database is back
+                assert second.held() and not first.held()
+                with fence(first), pytest.raises(LockLost):
+                    study.ask()
+                study.ask()  # the second worker's trial
+        assert [t.number for t in study.get_trials(deepcopy=False)] == [0]
+        tries: list[int] = []
+
+        holds = threading.Event()
+
+        def other() -> None:  # another worker: takes the lock once the database is back, adds a trial
+            with PostgresLock(proxy.url, "fenced", 30):
+                holds.set()
+                study.ask()
+                time.sleep(0.3)
+
+        def claim() -> int:  # counts, then adds a trial; the lock is lost after its first count
+            tries.append(len(study.get_trials(deepcopy=False)))
+            if len(tries) == 1:
+                proxy.outage(0.5)
+                threading.Thread(target=other).start()
+                assert holds.wait(30)
+            return study.ask().number
+
+        assert locked(first, claim) == 2 and tries == [1, 2]  # counted again, after the other worker's trial
+        assert [t.number for t in study.get_trials(deepcopy=False)] == [0, 1, 2]
+    finally:
+        proxy.close()
+
+
 def test_a_lost_reply_to_a_trial_creation_makes_no_second_trial(postgres_url: str):
     """The server commits the new trial, the reply never comes back (a proxy drops it and the connection).
     Optuna's own RDBStorage tries the creation again and makes a second trial; the sweep's storage finds the

@@ -64,7 +64,7 @@ from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError
 from retort.recipes.sweep.cap import cap_batch_sizes
-from retort.recipes.sweep.lease import GRACE_BEATS, reap, study_lock, tally
+from retort.recipes.sweep.lease import GRACE_BEATS, locked, reap, study_lock, tally
 from retort.recipes.sweep.placement import assign, describe, visible_devices
 from retort.recipes.sweep.plan import SweepResult, make_plan
 from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, placed_here, quiet_optuna, send, spawn
@@ -306,8 +306,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         supervisor.wait()
         for problem in supervisor.problems:
             print(f"error: {problem}", file=sys.stderr)
-        with lock:
-            reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
+        locked(lock, lambda: reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid(),
+                                  heartbeat=plan.heartbeat))
         record.finish("KILLED", f"interrupted by {exc}")
         exc.run_id, exc.uri = record.run_id, plan.tracking_uri  # the parent, for the command line's last words
         raise
@@ -316,13 +316,13 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
         supervisor.wait()
         for problem in supervisor.problems:
             print(f"error: {problem}", file=sys.stderr)
-        with contextlib.suppress(Exception), lock:
-            reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid())
+        with contextlib.suppress(Exception):
+            locked(lock, lambda: reap(study_obj, plan.tracking_uri, plan.experiment, ending=os.getpid(),
+                                      heartbeat=plan.heartbeat))
         record.finish("FAILED", f"{type(exc).__name__}: {exc}")
         raise
     problems = supervisor.problems
-    with lock:
-        reap(study_obj, plan.tracking_uri, plan.experiment)
+    locked(lock, lambda: reap(study_obj, plan.tracking_uri, plan.experiment, heartbeat=plan.heartbeat))
     result = conclude(study_obj, plan, base, record, problems)
     result.wall_seconds = time.perf_counter() - start
     return result

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from retort.recipes.sweep.storage import PATIENCE, patiently, safe_name, storage_kind
+from retort.recipes.sweep.storage import PATIENCE, LockLost, fence, patiently, safe_name, storage_kind
 from retort.tracking.vocabulary import StudyAttr, Tag
 
 OWNER, BEAT, RETRIED = StudyAttr.OWNER, StudyAttr.BEAT, StudyAttr.RETRIED
@@ -30,35 +30,64 @@ def file_lock(path: Path) -> Any:
 
 
 class PostgresLock:
-    """A PostgreSQL advisory lock per study (the server releases it if the holder's connection drops)."""
+    """A PostgreSQL advisory lock per study. The server releases it when the holder's connection drops (a
+    restart, the network), and another worker may take it then: :meth:`held` tells, and the writes that add
+    or claim trials check it (``storage.fenced``)."""
 
     def __init__(self, url: str, study: str, patience: float = PATIENCE):
         self.dsn = "postgresql://" + url.split("://", 1)[1]  # libpq reads SQLAlchemy's URL without the driver
         self.patience = patience
         self.key = int.from_bytes(hashlib.sha1(f"retort:{study}".encode()).digest()[:8], "big", signed=True)
         self._conn: Any = None
+        self._session: int | None = None  # the server process of the connection that holds the lock
 
-    def _execute(self, sql: str) -> None:
+    def _execute(self, sql: str) -> Any:
         import psycopg
 
         for attempt in (1, 2):
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True)
-                self._conn.execute(sql, (self.key,))
-                return
+                    self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+                return self._conn.execute(sql, (self.key,)).fetchone()
             except psycopg.OperationalError:
                 self._conn = None  # dropped while idle: reconnect once
                 if attempt == 2:
                     raise
+        return None
 
     def __enter__(self) -> PostgresLock:
-        patiently(lambda: self._execute("SELECT pg_advisory_lock(%s)"), self.dsn, self.patience)
+        row = patiently(lambda: self._execute("SELECT pg_advisory_lock(%s), pg_backend_pid()"), self.dsn,
+                        self.patience)
+        self._session = row[1]
         return self
 
+    def held(self) -> bool:
+        """Whether the lock is still this process's: the connection that took it is still open (one round trip)."""
+        conn = self._conn
+        if self._session is None or conn is None or conn.closed:
+            return False
+        try:
+            return conn.execute("SELECT pg_backend_pid()").fetchone()[0] == self._session
+        except Exception:
+            return False
+
     def __exit__(self, *exc: Any) -> None:
-        with contextlib.suppress(Exception):
-            self._execute("SELECT pg_advisory_unlock(%s)")
+        if self.held():  # a lost lock is released already; unlocking on a new connection would warn
+            with contextlib.suppress(Exception):
+                self._execute("SELECT pg_advisory_unlock(%s)")
+        self._session = None
+
+
+def locked(lock: Any, work: Any) -> Any:
+    """``work()`` under the study lock. If the lock is lost meanwhile (:class:`LockLost`: its connection
+    dropped and the database released it), the work's writes that add or claim a trial refuse, and the work
+    starts over under the lock taken anew, so what it counted is current."""
+    while True:
+        try:
+            with lock, fence(lock):
+                return work()
+        except LockLost:
+            continue
 
 
 def study_lock(target: str, study: str, patience: float = PATIENCE) -> Any:
@@ -103,10 +132,16 @@ def _gone(owner: Mapping[str, Any]) -> bool:
         return True
 
 
-def _lost(trial: Any, now: float) -> str | None:
+def _lost(trial: Any, now: float, heartbeat: float) -> str | None:
     owner = trial.system_attrs.get(OWNER)
     if not owner:
-        return None  # not run by retort: leave it alone
+        if StudyAttr.TOKEN not in trial.system_attrs or trial.datetime_start is None:
+            return None  # not run by retort: leave it alone
+        silent = now - trial.datetime_start.timestamp()
+        if silent > GRACE_BEATS * heartbeat:  # a worker owns its trial a moment after it claims it
+            return (f"claimed {silent:.0f} s ago by a worker that never took it on (it stopped, or lost the "
+                    "database, right after)")
+        return None
     who = f"worker {owner.get('worker', '?')} (pid {owner.get('pid')} on {owner.get('host')})"
     if _gone(owner):
         return f"{who} ended while running the trial"
@@ -119,7 +154,7 @@ def _lost(trial: Any, now: float) -> str | None:
 
 def requeue(study: Any, trial: Any, reason: str, tracking_uri: str | None, experiment: str | None) -> None:
     """Fail ``trial`` as lost, queue a repeat with the same params (once), close its MLflow run as KILLED.
-    Call under the study lock."""
+    Call under the study lock (:func:`locked`)."""
     import optuna
 
     storage, tid = study._storage, trial._trial_id
@@ -163,9 +198,11 @@ def _close_runs(uri: str, experiment: str | None, study: str, trial: Any, status
         print(f"warning: could not close the MLflow run of trial {trial.number}: {exc}", file=sys.stderr)
 
 
-def reap(study: Any, tracking_uri: str | None, experiment: str | None, ending: int | None = None) -> list[int]:
-    """Re-queue every RUNNING trial whose worker is gone or silent (or is this process, ``ending``); returns
-    their numbers. Call under the study lock."""
+def reap(study: Any, tracking_uri: str | None, experiment: str | None, ending: int | None = None,
+         heartbeat: float = 10.0) -> list[int]:
+    """Re-queue every RUNNING trial whose worker is gone or silent (or is this process, ``ending``), or that no
+    worker took on within ``GRACE_BEATS`` beats of ``heartbeat``; returns their numbers. Call under the study
+    lock (:func:`locked`)."""
     import optuna
 
     now = time.time()
@@ -175,7 +212,7 @@ def reap(study: Any, tracking_uri: str | None, experiment: str | None, ending: i
         if ending is not None and owner.get("pid") == ending and owner.get("host") == socket.gethostname():
             reason: str | None = "interrupted before it started"
         else:
-            reason = _lost(t, now)
+            reason = _lost(t, now, heartbeat)
         if reason is not None:
             requeue(study, t, reason, tracking_uri, experiment)
             lost.append(t.number)

@@ -19,7 +19,7 @@ from typing import Any
 
 from retort.plugins.errors import Interrupted, RecipeError
 from retort.recipes.cli import leave
-from retort.recipes.sweep.lease import reap, study_lock
+from retort.recipes.sweep.lease import locked, reap, study_lock
 from retort.recipes.sweep.placement import VISIBLE
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.share import Share
@@ -205,10 +205,10 @@ class Supervisor(threading.Thread):
                 self.causes[i].unlink(missing_ok=True)
                 try:
                     storage = storage or open_storage(plan.storage, plan.patience)
-                    with lock:
-                        study = optuna.load_study(study_name=plan.study, storage=storage)
-                        for n in reap(study, plan.tracking_uri, plan.experiment):
-                            problem += f"; its trial {n} is queued to run again"
+                    study = optuna.load_study(study_name=plan.study, storage=storage)
+                    for n in locked(lock, lambda s=study: reap(s, plan.tracking_uri, plan.experiment,
+                                                                heartbeat=plan.heartbeat)):
+                        problem += f"; its trial {n} is queued to run again"
                 except (StorageUnavailable, RecipeError):
                     problem += "; the study storage is out of reach: its trial runs again when the sweep resumes"
                 self.problems.append(problem)

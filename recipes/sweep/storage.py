@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,34 @@ def open_storage(target: str, patience: float = PATIENCE) -> Any:
     return _patient(storage, target, patience)
 
 
+class LockLost(RuntimeError):
+    """The study lock was lost while held: its database connection dropped (a restart, the network), so the
+    database released it and another worker may hold it now. What the holder counted may be stale: a write
+    that adds or claims a trial refuses, and the holder takes the lock again and starts over
+    (:func:`retort.recipes.sweep.lease.locked`)."""
+
+
+_HELD: ContextVar[Any] = ContextVar("retort_study_lock", default=None)
+
+
+@contextmanager
+def fence(lock: Any) -> Iterator[None]:
+    """Within the block, this thread's writes that add or claim a trial first check that ``lock`` is still
+    held (:func:`fenced`)."""
+    token = _HELD.set(lock)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+
+
+def fenced() -> None:
+    """Raise :class:`LockLost` if this thread works under a study lock it no longer holds."""
+    lock = _HELD.get()
+    if lock is not None and hasattr(lock, "held") and not lock.held():
+        raise LockLost("the study lock was lost (its database connection dropped)")
+
+
 class StorageUnavailable(RuntimeError):
     """The study storage stayed unreachable for the whole patience: the sweep stops (exit 1); every finished
     trial is recorded, and the same command resumes."""
@@ -148,8 +178,9 @@ def _patient(storage: Any, target: str, patience: float) -> Any:
     """``storage`` (same object, same class) whose calls ride out an outage (:func:`patiently`), each as its
     kind allows: calls safe to repeat are repeated; a trial creation is tagged with a fresh token in the same
     write and, after a failure, looked up by it before it is tried again (a reply lost after the commit must
-    not make a second trial); a state change is read back before it is tried again. Anything else (deleting a
-    study) is never repeated."""
+    not make a second trial); a state change is read back before it is tried again. A creation, and a claim of
+    a waiting trial (to RUNNING), is made only while the study lock is held (:func:`fenced`): a read-back of a
+    claim is then unambiguous. Anything else (deleting a study) is never repeated."""
     import functools
 
     for name in _SAFE:
@@ -173,6 +204,8 @@ def _patient(storage: Any, target: str, patience: float) -> Any:
 
         def once() -> bool:
             nonlocal tried
+            if state.name == "RUNNING":  # claiming a waiting trial: only under the lock (so, if ours on read-back)
+                fenced()
             if tried:  # the last try may have been written before its reply was lost
                 now = storage.get_trial(trial_id)
                 if now.state == state and (values is None or list(now.values or []) == list(values)):
@@ -217,6 +250,7 @@ def _created_once(storage: Any, target: str, patience: float) -> Any:
                 for t in storage.get_all_trials(study_id, deepcopy=False):
                     if t.system_attrs.get(StudyAttr.TOKEN) == token:
                         return t if rdb else t._trial_id
+            fenced()  # counted under a lock lost since: another worker may have added the trial meanwhile
             tried = True
             return create(storage, study_id, template_trial) if rdb else create(study_id, template_trial)
 

@@ -20,6 +20,7 @@ from retort.recipes.sweep.lease import (
     RETRY_OF,
     RUN_ID,
     identity,
+    locked,
     reap,
     requeue,
     study_lock,
@@ -118,8 +119,9 @@ class Worker:
 
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             return None
-        with self.lock:
-            reap(self.study, self.plan.tracking_uri, self.plan.experiment)
+
+        def claim() -> Any:  # under the lock: the count and the ask (exactly N trials over all workers)
+            reap(self.study, self.plan.tracking_uri, self.plan.experiment, heartbeat=self.plan.heartbeat)
             trials = self.study.get_trials(deepcopy=False)
             counts = tally(trials)
             if not counts["WAITING"]:
@@ -136,6 +138,8 @@ class Worker:
             storage.set_trial_system_attr(trial._trial_id, BEAT, time.time())
             self.current = trial
             return trial
+
+        return locked(self.lock, claim)
 
     def _tags(self, trial: Any) -> dict[str, str]:
         tags = {Tag.STUDY: self.plan.study, Tag.TRIAL: str(trial.number),
@@ -175,9 +179,9 @@ class Worker:
                                       parent_run_id=self.plan.parent_run_id)
         except Interrupted as exc:  # the run is KILLED; the trial runs again when the sweep resumes
             self.current = None
-            with self.lock:
-                requeue(self.study, self.study._storage.get_trial(trial._trial_id), f"interrupted by {exc}",
-                        self.plan.tracking_uri, self.plan.experiment)
+            why = f"interrupted by {exc}"
+            locked(self.lock, lambda: requeue(self.study, self.study._storage.get_trial(trial._trial_id), why,
+                                              self.plan.tracking_uri, self.plan.experiment))
             if pruning is not None and pruning.run_id:
                 self._tag(pruning.run_id, {Tag.TRIAL_STATE: "FAIL"})
             self.say(f"trial {trial.number}: interrupted ({exc}); it runs again when the sweep resumes")
