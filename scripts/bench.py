@@ -8,11 +8,10 @@ Figures (goals from the issues; the bench reports, it never fails):
   over a hand-written PyTorch loop in the seed's style with a torch DataLoader, same model, loss,
   optimizer, data, batch size and epochs, and a validation pass per epoch. Goal <= 1.0x on digits-mlp,
   <= 1.05x on a model whose step takes about 20 ms.
-- tracking overhead: fit time logging train/loss and lr every step over logging them off (epoch values
-  only), heartbeat and spool on, digits-mlp and a model whose step takes about 20 ms. Goals <= 1.03x and
-  <= 1.01x.
-- what a SIGKILL loses: ``retort run`` killed mid-epoch, ``retort sync``, then the steps trained (printed by
-  print_loss) less the steps recorded, in values and in seconds of training.
+- tracking overhead (every step and the resumable checkpoint over both off, ABBA pairs in one warm process),
+  the cost of a resumable checkpoint, and what a SIGKILL loses (values, and training a resume redoes):
+  ``scripts/bench_tracking.py``, whose docstring says how each is measured. Goals <= 1.03x on digits-mlp and
+  <= 1.01x on a model whose step takes about 20 ms.
 - telemetry overhead: fit time with the ``perf/*`` values (``tracking.telemetry``) over without. Goal <= 1.01x.
 - whole processes: ``retort run digits-mlp`` and a hand-written script (torch.optim.Adam, a DataLoader, a
   validation pass per epoch, one thread each) at 10 and 110 epochs; the per-epoch cost of the difference.
@@ -20,7 +19,8 @@ Figures (goals from the issues; the bench reports, it never fails):
 - run set-up: seconds MLflow set-up adds to a run on an existing store (creating the run with every
   param and tag, recipe, environment, data input, code state). Goal <= 0.5 s.
 - start-up: wall time of ``retort --help`` and ``retort recipes`` (goal < 0.5 s each).
-A and B run alternately in one process (A B A B ...) and the median of the per-pair ratios is quoted.
+A and B run alternately in one process (A B A B ...; the tracking rows A B, B A, ...) and the median of the
+per-pair ratios is quoted. ``--only tracking`` (or loop, telemetry, process, setup, startup) runs some rows.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_tracking import MLP_20MS, checkpoint_cost, kill_loss, report, tracking_overhead  # noqa: E402
 
 
 def hand_written_fit(recipe, splits) -> float:
@@ -101,20 +104,6 @@ def loop_overhead(name: str, overrides: list[str], repeats: int, uri: str) -> di
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios), "ratio_max": max(ratios),
     }
-
-
-def tracking_overhead(repeats: int, uri: str, name: str = "digits-mlp", overrides: tuple[str, ...] = ()) -> dict:
-    from retort import recipes
-
-    on = recipes.load("digits-mlp", [*overrides, "tracking.log_every_n_steps=1"])
-    off = recipes.load("digits-mlp", [*overrides, "tracking.log_every_n_steps=0"])
-    retort_fit(on, uri)
-    retort_fit(off, uri)
-    pairs = [(retort_fit(on, uri), retort_fit(off, uri)) for _ in range(repeats)]
-    ratios = [a / b for a, b in pairs]
-    return {"figure": f"tracking overhead, {name}: every step over off", "retort_fit_s":
-            statistics.median(a for a, _ in pairs), "hand_written_fit_s": statistics.median(b for _, b in pairs),
-            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
 HAND_SCRIPT = """
@@ -252,46 +241,6 @@ def telemetry_share(repeats: int, uri: str) -> float:
     return statistics.median(shares)
 
 
-def kill_loss(tmp: Path, kills: int = 3) -> dict:
-    """SIGKILL ``retort run`` at a random moment of training; after ``retort sync``, how many of the steps it
-    had trained (each printed by print_loss once done) are missing from the record, and how long they took."""
-    import random
-    import signal
-
-    from mlflow import MlflowClient
-
-    exe = str(Path(sys.executable).with_name("retort"))
-    rng = random.Random(0)
-    lost, seconds = [], []
-    for i in range(kills):
-        folder = tmp / f"kill{i}"
-        folder.mkdir()
-        proc = subprocess.Popen([exe, "run", "digits-mlp", "-s", "trainer.max_epochs=400", "-s",
-                                 "callbacks=[{name: print_loss}]", "-s", "tracking.system_metrics=false"],
-                                cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        trained, first, deadline = 0, None, None
-        for line in proc.stdout:
-            if "  batch " in line:
-                trained += 1
-                now = time.monotonic()
-                if first is None:
-                    first, deadline = now, now + rng.uniform(2.0, 6.0)
-                if now >= deadline:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-        elapsed = time.monotonic() - first
-        proc.wait()
-        subprocess.run([exe, "sync"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-        [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        recorded = len(client.get_metric_history(run.info.run_id, "train/loss"))
-        lost.append(trained - recorded)
-        seconds.append((trained - recorded) * elapsed / trained)
-    return {"figure": f"SIGKILL mid-training, digits-mlp ({kills} kills): steps trained but not recorded",
-            "values_lost_max": max(lost), "seconds_lost_max": max(seconds), "values_lost": lost}
-
-
 def run_setup(repeats: int, uri: str) -> float:
     """Seconds to create a run's record on an existing store: what MLflow adds before training starts."""
     import tempfile
@@ -343,55 +292,72 @@ def first_line(cmd: list[str], repeats: int) -> float:
     return statistics.median(times[1:])
 
 
+ROWS = ("loop", "tracking", "telemetry", "process", "setup", "startup")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="A/B pairs per figure (default 5)")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run, comma-separated ({','.join(ROWS)})")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    only = set(args.only.split(","))
 
     exe = str(Path(sys.executable).with_name("retort"))
-    rows = []
+    rows, goals, figures = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
+        os.environ["RETORT_SPOOL"] = str(Path(tmp) / "spool")
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=uri).search_experiments()  # migrate the store once, outside the timings
-        rows.append(loop_overhead("digits-mlp as shipped (40 epochs)", [], args.repeats, uri))
-        rows.append(loop_overhead("digits, MLP 1024-1024, batch 256 (5 epochs)",
-                                  ["trainer.max_epochs=5", "model.hidden=[1024, 1024]", "data.batch_size=256",
-                                   "model.dropout=0.0"], args.repeats, uri))
-        rows.append(tracking_overhead(args.repeats, uri))
-        rows.append(tracking_overhead(args.repeats, uri, "MLP 1024-1024, batch 256 (about 20 ms a step)",
-                                      ("trainer.max_epochs=2", "model.hidden=[1024, 1024]", "data.batch_size=256",
-                                       "model.dropout=0.0")))
-        rows.append(telemetry_overhead(args.repeats, uri))
-        rows.append(process_overhead(max(1, args.repeats // 2), Path(tmp)))
-        share = telemetry_share(args.repeats, uri)
-        setup_s = run_setup(args.repeats, uri)
-        help_s = wall([exe, "--help"], args.repeats)
-        recipes_s = wall([exe, "recipes"], args.repeats)
-        killed = kill_loss(Path(tmp))
-        first_s = first_line([exe, "run", "digits-mlp"], args.repeats)
+        if "loop" in only:
+            rows.append(loop_overhead("digits-mlp as shipped (40 epochs)", [], args.repeats, uri))
+            rows.append(loop_overhead("digits, MLP 1024-1024, batch 256 (5 epochs)",
+                                      ["trainer.max_epochs=5", *MLP_20MS], args.repeats, uri))
+            goals += [1.0, 1.05]
+        if "tracking" in only:
+            rows.append(tracking_overhead(args.repeats, uri))
+            rows.append(tracking_overhead(args.repeats, uri, "MLP 1024-1024, batch 256 (about 20 ms a step)",
+                                          ("trainer.max_epochs=10", *MLP_20MS)))
+            goals += [1.03, 1.01]
+            figures["checkpoint"] = checkpoint_cost(uri)
+            figures["kill"] = kill_loss(Path(tmp))
+        if "telemetry" in only:
+            rows.append(telemetry_overhead(args.repeats, uri))
+            goals.append(1.01)
+            figures["telemetry_share"] = telemetry_share(args.repeats, uri)
+        if "process" in only:
+            rows.append(process_overhead(max(1, args.repeats // 2), Path(tmp)))
+            goals.append(1.0)
+        if "setup" in only:
+            figures["setup_s"] = run_setup(args.repeats, uri)
+        if "startup" in only:
+            figures["help_s"] = wall([exe, "--help"], args.repeats)
+            figures["recipes_s"] = wall([exe, "recipes"], args.repeats)
+            figures["first_line_s"] = first_line([exe, "run", "digits-mlp"], args.repeats)
 
     print(f"{'figure':<58} {'retort':>9} {'baseline':>9} {'ratio':>7}  (min-max)      goal")
-    goals = [1.0, 1.05, 1.03, 1.01, 1.01, 1.0]
     for row, goal in zip(rows, goals):
         step = f"   [hand-written step {row['hand_step_ms']:.2f} ms]" if "hand_step_ms" in row else ""
         print(f"{row['figure']:<58} {row['retort_fit_s']:>8.3f}s {row['hand_written_fit_s']:>8.3f}s "
               f"{row['ratio']:>6.3f}x  ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})  <= {goal}x{step}")
-    print(f"{'telemetry: time in its hooks over fit time, digits-mlp':<58} {100 * share:>8.2f}% {'':>9} {'':>7}  "
-          f"{'':<14} <= 1 %")
-    print(f"{'run set-up on an existing store (MLflow)':<58} {setup_s:>8.3f}s {'':>9} {'':>7}  {'':<14} <= 0.5 s")
-    print(f"{'start-up: retort --help':<58} {help_s:>8.3f}s {'':>9} {'':>7}  {'':<14} < 0.5 s")
-    print(f"{'start-up: retort recipes':<58} {recipes_s:>8.3f}s {'':>9} {'':>7}  {'':<14} < 0.5 s")
-    print(f"{'SIGKILL mid-training: values (seconds) lost, worst of 3':<58} {killed['values_lost_max']:>9} "
-          f"({killed['seconds_lost_max']:.2f} s)  values {killed['values_lost']}")
-    print(f"{'start-up: first line of retort run on a terminal':<58} {first_s:>8.3f}s {'':>9} {'':>7}  {'':<14} < 1 s")
+    blank = f"{'':>9} {'':>7}  {'':<14}"
+    if "telemetry_share" in figures:
+        print(f"{'telemetry: time in its hooks over fit time, digits-mlp':<58} "
+              f"{100 * figures['telemetry_share']:>8.2f}% {blank} <= 1 %")
+    if "setup_s" in figures:
+        print(f"{'run set-up on an existing store (MLflow)':<58} {figures['setup_s']:>8.3f}s {blank} <= 0.5 s")
+    if "help_s" in figures:
+        print(f"{'start-up: retort --help':<58} {figures['help_s']:>8.3f}s {blank} < 0.5 s")
+        print(f"{'start-up: retort recipes':<58} {figures['recipes_s']:>8.3f}s {blank} < 0.5 s")
+        first = figures["first_line_s"]
+        print(f"{'start-up: first line of retort run on a terminal':<58} {first:>8.3f}s {blank} < 1 s")
+    if "kill" in figures:
+        print(report(figures["checkpoint"], figures["kill"]))
     if args.json:
-        figures = {"loop": rows, "kill": killed, "telemetry_share": share, "setup_s": setup_s, "help_s": help_s,
-                   "recipes_s": recipes_s, "first_line_s": first_s}
-        args.json.write_text(json.dumps(figures, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, **figures}, indent=2))
 
 
 if __name__ == "__main__":
