@@ -43,9 +43,10 @@ This module is the command (its options, :func:`sweep`: the parent's steps in or
 own module: :mod:`.plan` (the checked input), :mod:`.space` (what a trial samples and the recipe it runs),
 :mod:`.search` (samplers, pruners), :mod:`.storage` (where the study lives, outages), :mod:`.lease` (the
 study lock, owners, heartbeats, reaping lost trials), :mod:`.worker` (running trials), :mod:`.pruning` (what
-the pruner sees of a trial), :mod:`.processes`
-(spawned workers, signals), :mod:`.placement` (the GPUs each worker sees), :mod:`.share` (its threads and GPU
-memory), :mod:`.study` (the study and parent run, opened and concluded), :mod:`.stop` (stop rules).
+the pruner sees of a trial), :mod:`.processes` (spawned workers, signals), :mod:`.placement` (the GPUs each
+worker sees), :mod:`.share` (its threads and GPU memory), :mod:`.ranks` (a trial over several DDP processes),
+:mod:`.cap` (batch sizes capped by a probe), :mod:`.study` (the study and parent run, opened and concluded),
+:mod:`.stop` (stop rules).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from retort.recipes.sweep.lease import GRACE_BEATS, locked, reap, study_lock, ta
 from retort.recipes.sweep.placement import assign, describe, visible_devices
 from retort.recipes.sweep.plan import SweepResult, make_plan
 from retort.recipes.sweep.processes import Supervisor, cpus, interruptible, placed_here, quiet_optuna, send, spawn
+from retort.recipes.sweep.ranks import ranks
 from retort.recipes.sweep.search import make_sampler
 from retort.recipes.sweep.share import shares
 from retort.recipes.sweep.stop import StopRules
@@ -111,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", metavar="LIST",
                         help="GPUs to place workers on, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES, else every GPU)")
     parser.add_argument("--gpus-per-trial", type=int, metavar="M",
-                        help="GPUs each worker (so each trial) sees (default 1)")
+                        help="GPUs each worker (so each trial) sees; a trial whose trainer uses several devices "
+                             "(devices: auto uses all M) runs DDP over them, its ranks launched by the worker "
+                             "(default 1)")
     parser.add_argument("--trials-per-gpu", type=int, metavar="N",
                         help="workers that may share one GPU (or group of --gpus-per-trial GPUs; default 1); "
                              "sharers divide its memory evenly unless --gpu-memory says")
@@ -225,6 +229,8 @@ def sweep(recipe: Any, *, overrides: Sequence[str] = (), trials: int | None = No
                            patience=patience)
         plan.stop = stop or StopRules()
         plan.stop.check()
+        with placed_here(places[0] if places else None):
+            ranks(base)  # a DDP strategy a worker cannot launch is bad input now, not a failure of every trial
         capped = None
         if cap_batch_size:  # on worker 0's devices: this process is worker 0 (placed_here)
             with placed_here(places[0] if places else None):

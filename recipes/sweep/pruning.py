@@ -21,7 +21,8 @@ def pruning_class() -> type:
     ``i * max_epochs + e`` (the epochs the trial has trained), the mean over seeds ``0..i`` of each seed's
     running best at epoch ``e`` (a seed that stopped earlier counts with its last value). With one seed that is
     the running best at step ``e``; at the end of seed ``i``, the mean of the finished seeds' values. Trials
-    are compared at equal steps, so on equal seeds and epochs."""
+    are compared at equal steps, so on equal seeds and epochs. Under DDP only rank zero holds the trial (the
+    others get ``trial=None``) and shares each epoch's decision."""
     global _PRUNING
     if _PRUNING is not None:
         return _PRUNING
@@ -59,15 +60,26 @@ def pruning_class() -> type:
             for cb in trainer.callbacks:
                 if isinstance(cb, RunId) and cb.run_id:  # the Optuna trial records its MLflow run at once
                     self.run_id = cb.run_id
-                    self.trial.set_user_attr(RUN_ID, cb.run_id)
+                    if self.trial is not None:
+                        self.trial.set_user_attr(RUN_ID, cb.run_id)
 
         def on_train_epoch_end(self, trainer: pl.Trainer, m: Any) -> None:
+            where = self._decide(trainer, m) if self.trial is not None else None
+            if trainer.world_size > 1:  # DDP: rank zero decides, every rank stops at the same epoch (ranks.py)
+                where = trainer.strategy.broadcast(where, src=0)
+            if where is not None:
+                # never raise inside fit: Lightning would close the run as failed (PITFALLS)
+                self.pruned_at = where
+                trainer.should_stop = True
+
+        def _decide(self, trainer: pl.Trainer, m: Any) -> str | None:
+            """Report this epoch to the trial; where it is pruned, or None."""
             value = m.epoch_summary().get(self.metric)
             if value is None:
-                return
+                return None
             if not math.isfinite(value):
                 self.bad = float(value)  # the loop fails a non-finite training loss; the pruner never sees it
-                return
+                return None
             value, self.bad = float(value), None
             curve, epoch = self.curves[-1], trainer.current_epoch + 1
             if curve and not (value > curve[-1][1] if self.maximize else value < curve[-1][1]):
@@ -78,11 +90,10 @@ def pruning_class() -> type:
             step = (len(self.curves) - 1) * self.max_epochs + epoch
             self.trial.report(mean, step)  # the running best: a curve the pruner can rank early
             self.reported = mean
-            if self.trial.should_prune():
-                # never raise inside fit: Lightning would close the run as failed (PITFALLS)
-                self.pruned_at = f"epoch {epoch}" if self.seeds == 1 else \
-                    f"epoch {epoch} of seed {len(self.curves)} of {self.seeds} (step {step})"
-                trainer.should_stop = True
+            if not self.trial.should_prune():
+                return None
+            return f"epoch {epoch}" if self.seeds == 1 else \
+                f"epoch {epoch} of seed {len(self.curves)} of {self.seeds} (step {step})"
 
     _PRUNING = Pruning
     return Pruning

@@ -96,9 +96,10 @@ def shares(workers: int, places: Sequence[str], cpus: int, gpu_memory: int | Non
     return [Share(t, places.count(p), budget) for t, p in zip(split, places)]
 
 
-def apply(share: Share) -> dict[str, str]:
+def apply(share: Share, devices: Sequence[int] | None = None) -> dict[str, str]:
     """In the worker, before its first trial: torch's thread count, and on CUDA the memory budget on each GPU
-    it sees. Returns the tags every trial's run gets (``retort.gpu_memory`` only where a budget is set)."""
+    it sees (``devices``: only those, as a DDP rank uses one). Returns the tags every trial's run gets
+    (``retort.gpu_memory`` only where a budget is set)."""
     import torch
 
     from retort.tracking.vocabulary import Tag
@@ -107,7 +108,7 @@ def apply(share: Share) -> dict[str, str]:
         torch.set_num_threads(share.threads)
     tags = {Tag.THREADS: str(torch.get_num_threads())}
     if (share.sharers > 1 or share.gpu_memory is not None) and torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
+        for i in range(torch.cuda.device_count()) if devices is None else devices:
             total = torch.cuda.get_device_properties(i).total_memory
             budget = share.gpu_memory or (total - share.sharers * CONTEXT) // share.sharers
             torch.cuda.set_per_process_memory_fraction(min(1.0, max(0.0, budget / total)), i)

@@ -29,6 +29,7 @@ from retort.recipes.sweep.lease import (
 from retort.recipes.sweep.memory import did_not_fit
 from retort.recipes.sweep.plan import Plan
 from retort.recipes.sweep.pruning import pruning_class
+from retort.recipes.sweep.ranks import Ranks, rank_threads, ranks
 from retort.recipes.sweep.search import make_pruner, make_sampler
 from retort.recipes.sweep.share import Share, apply, release
 from retort.recipes.sweep.space import applied, suggest, trial_recipe
@@ -84,6 +85,7 @@ class Worker:
         self.lock = study_lock(plan.storage, plan.study, plan.patience)
         self.owner = {**identity(), "worker": index, "seed": seed, "heartbeat": plan.heartbeat}
         self.current: Any = None
+        self.launcher: Ranks | None = None  # started at the first trial over several processes
         self.ran = 0
         self._stop = threading.Event()
 
@@ -101,6 +103,8 @@ class Worker:
                 self._run_trial(trial)
         finally:
             self._stop.set()
+            if self.launcher is not None:
+                self.launcher.close()
             release()
         return self.ran
 
@@ -170,9 +174,18 @@ class Worker:
             seeds = recipe.sweep["seeds"] if recipe.sweep else 1
             pruning = pruning_class()(trial, self.metric, self.base.sweep["direction"] == "maximize",
                                       recipe.trainer["max_epochs"], seeds)
+            world = ranks(recipe)
+            if world > 1 and seeds > 1:
+                raise RecipeError("a trial over several DDP processes runs one seed; give sweep.seeds 1 or "
+                                  "trainer.devices 1", field="sweep.seeds")
+            if world > 1 and not recipe.trainer["threads"]:  # each rank gets its share of the worker's threads
+                tags[Tag.THREADS] = str(rank_threads(world))
             started = time.perf_counter()
             if seeds > 1:
                 outcome = self._run_seeds(trial, recipe, seeds, tags, pruning)
+            elif world > 1:  # DDP inside the trial: its ranks are processes of their own (ranks.py)
+                self.launcher = self.launcher or Ranks(self.plan, self.share)
+                outcome = self.launcher.run(trial, setting, tags, world, pruning)
             else:
                 outcome = recipes.run(recipe, tracking_uri=self.plan.tracking_uri, quiet=True,
                                       command=self.plan.command, callbacks=[pruning], tags=tags,
