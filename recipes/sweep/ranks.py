@@ -230,7 +230,6 @@ class Ranks:
         """Run the trial over ``world`` rank processes; returns a :class:`RunResult` and fills ``pruning``'s
         outcome, or raises as :func:`retort.recipes.run` does (:class:`RunFailed`, :class:`Interrupted`,
         :class:`RecipeError`, and StorageUnavailable when the study is out of reach)."""
-
         from retort.recipes.runner import RunResult
 
         if len(self.group) != world or any(p.poll() is not None for p in self.group):
