@@ -23,6 +23,7 @@ from retort.recipes import sweep as sw
 from retort.recipes.sweep.search import grid_of, make_pruner, make_sampler
 from retort.recipes.sweep.space import applied, decode, space_of, suggest, trial_recipe
 from retort.recipes.sweep.storage import default_journal, open_storage
+from retort.recipes.sweep.worker import finished_line
 from retort.tracking.record import param_value
 from tests.conftest import all_runs, retort
 
@@ -460,6 +461,9 @@ def test_a_trial_over_seeds_is_their_mean_and_a_pruned_trial_stops_its_seeds(wor
         assert json.loads(run.data.tags["retort.seed_values"]) == t.user_attrs["seed_values"]
         assert run.data.metrics["trial/value"] == pytest.approx(t.value, rel=1e-12)
         assert run.data.metrics["trial/value_std"] == pytest.approx(statistics.stdev(best), rel=1e-12)
+    line = finished_line(study.trials[0], 1, 3, "val/loss")
+    assert line.startswith(f"trial 0 complete: val/loss {study.trials[0].value:.5g} ± "
+                           f"{statistics.stdev(study.trials[0].user_attrs['seed_values'].values()):.2g} (2 seeds)  ")
     pruned = study.trials[2]
     assert pruned.intermediate_values == pytest.approx({1: curve(seed_runs[2][5])[0]}, rel=1e-12)
     assert trial_runs[2].data.tags["retort.pruned"] == "pruned at epoch 1 of seed 1 of 2 (step 1)"

@@ -53,6 +53,14 @@ def worker_of(trial: Any) -> Any:
     return (trial.system_attrs.get(StudyAttr.OWNER) or {}).get("worker", "-")
 
 
+def valued(metric: str, value: float, attrs: Mapping[str, Any]) -> str:
+    """``val/loss 0.3812``; a complete trial over seeds: ``val/loss 0.3812 ± 0.012 (3 seeds)``."""
+    seeds = attrs.get(StudyAttr.SEED_VALUES)
+    if not seeds or StudyAttr.VALUE_STD not in attrs:
+        return f"{metric} {value:.5g}"
+    return f"{metric} {value:.5g} ± {attrs[StudyAttr.VALUE_STD]:.2g} ({len(seeds)} seeds)"
+
+
 def finished_line(trial: Any, finished: int, trials: int, metric: str) -> str:
     """:func:`trial_line` of a finished Optuna trial, read back from the study (the sweep's live table
     prints the lines of every worker's trials)."""
@@ -61,7 +69,8 @@ def finished_line(trial: Any, finished: int, trials: int, metric: str) -> str:
     value = trial.value if state == "COMPLETE" else (steps[max(steps)] if steps and state == "PRUNED" else None)
     if did_not_fit(trial):  # finished for the sampler, out of memory for people
         value = None
-    what = f"{metric} {value:.5g}" if value is not None else str(trial.system_attrs.get(StudyAttr.FAIL_REASON, ""))
+    what = valued(metric, value, trial.user_attrs) if value is not None else \
+        str(trial.system_attrs.get(StudyAttr.FAIL_REASON, ""))
     return trial_line(trial.number, state, what, trial.params, finished, trials, worker_of(trial))
 
 
@@ -361,5 +370,6 @@ class Worker:
         self.ran += 1
         done = tally(self.study.get_trials(deepcopy=False))
         finished = done["COMPLETE"] + done["PRUNED"] + done["FAIL"]
-        what = f"{self.metric} {value:.5g}" if value is not None and fits else (reason or "")
+        what = valued(self.metric, value, trial.user_attrs if state == "COMPLETE" else {}) \
+            if value is not None and fits else (reason or "")
         self.say(trial_line(trial.number, state, what, values, finished, self.plan.trials, self.index))
