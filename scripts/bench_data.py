@@ -1,6 +1,6 @@
 """retort's data figures, each a ratio against a baseline measured in the same run.
 
-    scripts/bench data                 # a few minutes on 2 cores (CPU time about 3 minutes)
+    scripts/bench data                 # about 3.5 minutes of CPU time on 2 cores
     scripts/bench data --parts images  # the image DataLoader figure alone: about 100 s of CPU time
     scripts/bench data --parts images --workers 0 2 --epochs 3 --repeats 3   # steadier, several times longer
     scripts/bench data --scale 20      # the memory figure with 20 MB and 200 MB of rows
