@@ -47,14 +47,18 @@ class Recorder(pl.Callback):
         n = len(m.step_losses)
         first = m.batches_seen - n + 1
         new = [i for i in range(n) if first + i > m.recorded_upto]
+        steps: list[int] = []
         if self.record is not None and new and self.every:
             keep = [i for i in new if (first + i) % self.every == 0]
             losses = torch.stack([m.step_losses[i] for i in keep]).tolist() if keep else []
             steps = [first + i for i in keep]
             self.record.log_series(Metric.TRAIN_LOSS, losses, steps)
-            self.record.log_series("lr", [m.step_lrs[i] for i in keep], steps)
+            self.record.log_series(Metric.LR, [m.step_lrs[i] for i in keep], steps)
         if self.record is not None:
+            done = set(steps)
             for key, items in m.history.items():
+                if key in (Metric.TRAIN_LOSS, Metric.LR):  # a callback's copy of a step the loop recorded: once
+                    items = [(s, v) for s, v in items if s not in done]
                 self.record.log_series(key, [float(v) for _, v in items], [s for s, _ in items])
         m.history.clear()
         m.recorded_upto = m.batches_seen

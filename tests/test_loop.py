@@ -138,7 +138,18 @@ def test_flux_plateau_stops_after_width_flat_epochs(client):
     assert recipes.run(r, quiet=True).epochs == 3
 
 
-def test_monitors_record_lr_momentum_and_gradient_norm(client):
+def test_monitors_record_lr_momentum_and_gradient_norm(client, monkeypatch):
+    import itertools
+    import time
+    import types
+
+    from retort.tracking import record
+
+    # each value a millisecond apart, as on a busy machine: a second copy of a step's lr would not fold into the
+    # first in the store (same key, step, value and timestamp) and would show as an extra value
+    clock = itertools.count(int(time.time() * 1000))
+    monkeypatch.setattr(record, "time", types.SimpleNamespace(time=lambda: next(clock) / 1000,
+                                                              monotonic=time.monotonic))
     r = recipe(callbacks=[{"name": "lr_monitor", "interval": "step"}, "grad_norm"],
                optimizer={"name": "momentum", "lr": 0.01})
     result = recipes.run(r, quiet=True)
