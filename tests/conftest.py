@@ -74,7 +74,12 @@ def _postgres_server() -> str:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is not installed on this CI machine")
         pytest.skip("PostgreSQL is not installed here")
-    out = subprocess.run([str(REPO / "scripts" / "postgres")], capture_output=True, text=True, check=True)
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(Path(tempfile.gettempdir()) / "retort-tests-postgres.lock"):  # test workers start it once
+        out = subprocess.run([str(REPO / "scripts" / "postgres")], capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 
