@@ -12,6 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist gives its workers COLUMNS=80 and LINES=24: a pipe has none
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 
 @pytest.fixture(scope="session")
 def _store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
