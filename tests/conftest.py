@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist gives its workers COLUMNS=80 and LINES=24: a pipe has none
     os.environ.pop("COLUMNS", None)
     os.environ.pop("LINES", None)
+    # One test process per core already: torch's own threads (one per core in each, and in every retort process a
+    # test starts) would only contend for the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
