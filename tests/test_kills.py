@@ -325,7 +325,8 @@ def test_a_sigkilled_run_resumes_from_the_checkpoint_it_kept_while_training(work
                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert out.returncode == 0, out.stderr
     assert f"run_id: {killed.info.run_id}" in out.stdout  # continued, not a new run
-    assert out.stdout.count("epoch ") < 7  # from the checkpoint, not from scratch
+    # from the checkpoint, not from scratch (how far back depends on the save budget: 2 % of training time)
+    assert sum(line.startswith("epoch ") for line in out.stdout.splitlines()) < 7
     assert not list((workdir / "spool").rglob("*.ckpt"))  # the run finished: its checkpoint is gone
     whole = recipes.run(recipes.load("digits-mlp", overrides), quiet=True)
     run = client.get_run(killed.info.run_id)
