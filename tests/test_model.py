@@ -113,25 +113,28 @@ def test_predict_reads_a_csv_by_its_header_and_writes_to_stdout(workdir: Path, c
     assert [line.split(",")[0] for line in lines[1:]] == ["up", "down"]
 
 
+def refused(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one line a command refusing bad input printed (exit 2)."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.strip()
+
+
 def test_bad_predict_input_is_one_line(workdir: Path, client, capsys):
     result = recipes.run(recipes.load("iris-rmsprop", ["trainer.max_epochs=1", "tracking.log_model=false"]),
                          quiet=True)
     assert not any(f.path == "model" for f in client.list_artifacts(result.run_id))
     (workdir / "x.csv").write_text("a,b\n1,2\n")
 
-    def error(*argv: str) -> str:
-        assert main(list(argv)) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1, err
-        return err.strip()
-
-    assert error("predict", result.run_id, "x.csv") == (
+    assert refused(capsys, "predict", result.run_id, "x.csv") == (
         f"error: RUN_ID: run {result.run_id} has no model: it ran with tracking.log_model: false, failed, or was "
         "recorded by a retort without models")
-    assert error("predict", result.run_id, "nope.csv") == f"error: INPUT: {workdir / 'nope.csv'} does not exist"
-    assert error("predict", "0123abc", "x.csv").startswith("error: RUN_ID: no run '0123abc' in the store ")
+    assert refused(capsys, "predict", result.run_id, "nope.csv") == \
+        f"error: INPUT: {workdir / 'nope.csv'} does not exist"
+    assert refused(capsys, "predict", "0123abc", "x.csv").startswith("error: RUN_ID: no run '0123abc' in the store ")
     with_model = recipes.run(recipes.load("iris-rmsprop", ["trainer.max_epochs=1"]), quiet=True)
-    assert error("predict", with_model.run_id, "x.csv") == (
+    assert refused(capsys, "predict", with_model.run_id, "x.csv") == (
         f"error: INPUT: {workdir / 'x.csv'} lacks the feature column(s) sepal length (cm), sepal width (cm), petal "
         "length (cm), petal width (cm); the model takes sepal length (cm), sepal width (cm), petal length (cm), "
         "petal width (cm)")
@@ -235,19 +238,13 @@ def test_bad_image_and_text_inputs_are_one_line(media: dict, monkeypatch: pytest
     (root / "new" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     (root / "short.txt").write_text("short")
 
-    def error(*argv: str) -> str:
-        assert main(list(argv)) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1, err
-        return err.strip()
-
-    assert error("predict", media["image"], "new") == (
+    assert refused(capsys, "predict", media["image"], "new") == (
         f"error: INPUT: {root / 'new/b/broken.png'} is not a readable image (not an image format Pillow reads)")
     (root / "empty").mkdir()
-    assert error("predict", media["image"], "empty") == (
+    assert refused(capsys, "predict", media["image"], "empty") == (
         f"error: INPUT: {root / 'empty'} holds no images (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif, .tiff, .ppm, "
         ".pgm)")
-    assert error("predict", media["text"], "test.txt", "short.txt") == (
+    assert refused(capsys, "predict", media["text"], "test.txt", "short.txt") == (
         f"error: INPUT: {root / 'short.txt'} has 5 bytes; the model predicts from blocks of block_size 8 and needs "
         "9 (a byte more for the last target)")
 
