@@ -229,8 +229,9 @@ class RecipeModule(pl.LightningModule):
         return loss
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # in-memory splits are often on the device already; skip Lightning's generic per-step walk
-        if isinstance(batch, tuple) and all(isinstance(t, Tensor) and t.device == device for t in batch):
+        # in-memory splits, and a DataLoader's batches on the CPU (a list), are often on the device already:
+        # skip Lightning's generic per-step walk
+        if isinstance(batch, (tuple, list)) and all(isinstance(t, Tensor) and t.device == device for t in batch):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 

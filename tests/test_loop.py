@@ -186,3 +186,16 @@ def test_best_weights_are_what_the_test_split_sees(client, workdir):
     saved = torch.load(path, weights_only=True)
     best_val = min(losses(client, result.run_id, "val/loss"))
     assert saved["monitor"] == "val/loss" and saved["value"] == pytest.approx(best_val)
+
+
+def test_a_batch_already_on_the_device_is_passed_through_as_it_is():
+    # a DataLoader's default collate gives a list; in-memory splits a tuple: neither is walked and copied
+    r = resolve({"data": {"name": "iris"}, "model": {"name": "linear"}, "loss": "logitcrossentropy",
+                 "trainer": {"accelerator": "cpu"}})
+    module = build(r).module
+    cpu = torch.device("cpu")
+    for batch in ([torch.ones(2, 4), torch.zeros(2)], (torch.ones(2, 4), torch.zeros(2))):
+        assert module.transfer_batch_to_device(batch, cpu, 0) is batch
+    nested = [[torch.ones(2, 4)], torch.zeros(2)]  # not flat tensors: Lightning's own walk, a new container
+    moved = module.transfer_batch_to_device(nested, cpu, 0)
+    assert moved is not nested and torch.equal(moved[0][0], nested[0][0])
