@@ -2,7 +2,8 @@
 
     scripts/bench data                 # about 3.5 minutes of CPU time on 2 cores
     scripts/bench data --parts images  # the image DataLoader figure alone: about 100 s of CPU time
-    scripts/bench data --parts images --workers 0 2 --epochs 3 --repeats 3   # steadier, several times longer
+    scripts/bench data --parts images --epochs 21 --repeats 6   # steadier, about 6 minutes
+    scripts/bench data --parts images --set trainer.deterministic=false   # an override on both sides
     scripts/bench data --scale 20      # the memory figure with 20 MB and 200 MB of rows
 
 Figures (goals from the issue; the bench reports, it never fails):
@@ -11,11 +12,15 @@ Figures (goals from the issue; the bench reports, it never fails):
   and loaded into memory (npz), which is why retort reads rows with positioned reads.
 - on-demand speed: fit time of the same rows and model read on demand (DataLoader) over in memory (tensor
   slices).
-- image DataLoader path: ``retort run`` fit time on shapes-resnet over a hand-written loop with the same
-  DataLoader settings (workers, batch size), model, loss, optimizer, validation pass (goal <= 1.05x: the same
-  throughput within 5 %), and the time each step waits for data in both. By default 2 workers, 1 epoch, 2
-  pairs after a warm-up pair, to stay within a couple of minutes: a noisy figure on a shared machine.
-A and B run alternately (A B A B ...) and the median of the per-pair ratios is quoted.
+- image DataLoader path: ``retort run`` on shapes-resnet against a hand-written loop with the same DataLoader
+  settings (workers, batch size), model, loss, optimizer, schedule, determinism and validation pass (loss and
+  accuracy), the two taking turns epoch by epoch in two processes (``turns.py`` says why and how). The goal
+  (<= 1.05x: the same throughput within 5 %) is on the time per training sample in the epochs after the first,
+  each epoch counted from its start to the next one's (training, validation, the epoch's end): per round (a
+  pair of processes) the ratio of the sums, and the median of the rounds. Beside it the first epoch (it starts
+  the DataLoader workers) and the time each step waits for data in both. By default 2 workers, 6 epochs, 3
+  rounds (the side that leads alternating); ``--epochs 21 --repeats 6`` is steadier.
+Other figures: A and B run alternately (A B A B ...) and the median of the per-pair ratios is quoted.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from turns import Turns, compare, take_turns  # noqa: E402
 
 # a child process: train one epoch on the rows in FOLDER, read as HOW; print the peak resident set in MB
 _CHILD = r"""
@@ -137,38 +145,51 @@ def _row(figure: str, pairs: list[tuple[float, float]], goal: str, **extra: floa
 
 
 class _Waits:
-    """Seconds each training step waits for its batch in ``retort run``: from one batch's end to the next's start."""
+    """Seconds each training step waits for its batch: from one batch's end to the next one's start."""
 
     def __init__(self) -> None:
-        import pytorch_lightning as pl
-
-        waits = self
-
-        class Callback(pl.Callback):
-            def on_train_epoch_start(self, trainer, m) -> None:
-                waits.last = time.perf_counter()
-
-            def on_train_batch_start(self, trainer, m, batch, i) -> None:
-                waits.total += time.perf_counter() - waits.last
-                waits.steps += 1
-
-            def on_train_batch_end(self, trainer, m, outputs, batch, i) -> None:
-                waits.last = time.perf_counter()
-
-        self.callback = Callback()
         self.total, self.steps, self.last = 0.0, 0, 0.0
 
+    def epoch(self) -> None:
+        self.last = time.perf_counter()
 
-def hand_written_images(recipe, built) -> tuple[float, float]:
-    """The seed's loop over the same data sets, with a torch DataLoader of the same settings; (fit s, wait s/step)."""
+    def batch(self) -> None:
+        self.total += time.perf_counter() - self.last
+        self.steps += 1
+
+    def batch_end(self) -> None:
+        self.last = time.perf_counter()
+
+
+class _Augmented:
+    """A user's training set: each image through the data set's own crop and flip."""
+
+    def __init__(self, ds):
+        import torch
+
+        self.ds, self.g = ds, torch.Generator()
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds.sample(i, self.g)
+
+
+def hand_written_images(recipe, built, turns: Turns) -> _Waits:
+    """The seed's loop over the same data sets, written as a user would for this recipe: a torch DataLoader with
+    the same settings, the same model, loss, optimizer and per-step schedule, a validation pass with the loss
+    and accuracy each epoch, and the recipe's determinism (``torch.use_deterministic_algorithms``: retort's
+    default, for exact reruns, costs a few per cent on either side)."""
     import torch
     from torch.utils.data import DataLoader
 
     from retort import plugins
     from retort.recipes.schema import plugin_spec
 
-    d = recipe.data
+    d, epochs = recipe.data, recipe.trainer["max_epochs"]
     torch.manual_seed(recipe.seed)
+    torch.use_deterministic_algorithms(bool(recipe.trainer["deterministic"]))
     model = plugins.build("model", plugin_spec("model", recipe.model), built.splits.info)
     loss_fn = plugins.build("loss", recipe.loss)
     opt = plugins.build("optimizer", plugin_spec("optimizer", recipe.optimizer), model.parameters())
@@ -176,69 +197,103 @@ def hand_written_images(recipe, built) -> tuple[float, float]:
     if d["num_workers"]:
         workers.update(persistent_workers=d["persistent_workers"], prefetch_factor=d["prefetch_factor"])
 
-    class Augmented(torch.utils.data.Dataset):
-        def __init__(self, ds):
-            self.ds, self.g = ds, torch.Generator()
-
-        def __len__(self) -> int:
-            return len(self.ds)
-
-        def __getitem__(self, i):
-            return self.ds.sample(i, self.g)
-
-    train = DataLoader(Augmented(built.splits.train), batch_size=d["batch_size"], shuffle=True, **workers)
+    train = DataLoader(_Augmented(built.splits.train), batch_size=d["batch_size"], shuffle=True, **workers)
     val = DataLoader(built.splits.val, batch_size=d["eval_batch_size"], **workers)
-    wait, steps = 0.0, 0
-    start = time.perf_counter()
-    for _epoch in range(recipe.trainer["max_epochs"]):
+    schedule = None
+    if recipe.scheduler is not None:
+        schedule = plugins.build("scheduler", plugin_spec("scheduler", recipe.scheduler), opt,
+                                 total=len(train) * epochs)
+    waits = _Waits()
+    for _epoch in range(epochs):
+        turns.next()
+        waits.epoch()
         model.train()
-        t = time.perf_counter()
         for x, y in train:
-            wait += time.perf_counter() - t
-            steps += 1
+            waits.batch()
             loss = loss_fn(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            t = time.perf_counter()
+            if schedule is not None:
+                schedule.step()
+            waits.batch_end()
         model.eval()
+        total, right, n = 0.0, 0, 0
         with torch.no_grad():
-            sum(loss_fn(model(x), y).item() * len(x) for x, y in val)
-    return time.perf_counter() - start, wait / steps
+            for x, y in val:
+                out = model(x)
+                total += loss_fn(out, y).item() * len(x)
+                right += int((out.argmax(1) == y).sum())
+                n += len(x)
+    turns.done()
+    return waits
 
 
-def image_loader(repeats: int, uri: str, workers: int, epochs: int) -> dict:
+def _image_side(args: tuple[str, list[str], str], turns: Turns) -> dict:
+    """One side of the image figure, in its own process: retort's ``recipes.run`` or the hand-written loop."""
+    import pytorch_lightning as pl
+
     from retort import recipes
     from retort.recipes.runner import build
 
-    recipe = recipes.load("shapes-resnet", [f"trainer.max_epochs={epochs}", f"data.num_workers={workers}",
-                                            f"data.persistent_workers={workers > 0}", "tracking.system_metrics=false"])
-    built = build(recipe)
-    waits = _Waits()
+    side, overrides, uri = args
+    recipe = recipes.load("shapes-resnet", overrides)
+    if side == "hand":
+        waits = hand_written_images(recipe, build(recipe), turns)
+    else:
+        waits = _Waits()
 
-    def ours() -> float:
-        return recipes.run(recipe, tracking_uri=uri, quiet=True, callbacks=[waits.callback]).fit_seconds
+        class Waits(pl.Callback):
+            def on_train_epoch_start(self, trainer, m) -> None:
+                waits.epoch()
 
-    hand_written_images(recipe, built), ours()  # warm-up
-    waits.total, waits.steps = 0.0, 0
-    pairs, hand_waits = [], []
-    for _ in range(repeats):
-        a = ours()
-        b, w = hand_written_images(recipe, built)
-        pairs.append((a, b))
-        hand_waits.append(w)
-    return _row(f"image DataLoader path, shapes-resnet, {workers} workers, {epochs} epochs", pairs, "<= 1.05x",
-                wait_ms=1000 * waits.total / waits.steps, hand_wait_ms=1000 * statistics.median(hand_waits))
+            def on_train_batch_start(self, trainer, m, batch, i) -> None:
+                waits.batch()
+
+            def on_train_batch_end(self, trainer, m, outputs, batch, i) -> None:
+                waits.batch_end()
+
+        recipes.run(recipe, tracking_uri=uri, quiet=True, callbacks=[turns.callback(), Waits()])
+    return {"wait": waits.total / waits.steps}
+
+
+def image_loader(repeats: int, uri: str, workers: int, epochs: int, overrides: list[str]) -> dict:
+    """Time per training sample, epoch by epoch, with retort and the hand-written loop taking turns (one
+    process each): the epochs after the first (what a long run spends), and the first apart (it starts the
+    DataLoader workers). ``repeats`` rounds, the side that leads alternating."""
+    from retort import recipes
+    from retort.recipes.runner import build
+
+    overrides = [f"trainer.max_epochs={epochs}", f"data.num_workers={workers}",
+                 f"data.persistent_workers={workers > 0}", "tracking.system_metrics=false", *overrides]
+    recipe = recipes.load("shapes-resnet", overrides)
+    samples = len(build(recipe).splits.train)  # generates the images once, before the figure
+    rounds, first, waits = [], [], ([], [])
+    for i in range(repeats):
+        a, b = take_turns(_image_side, ("retort", overrides, uri), ("hand", overrides, uri), a_leads=i % 2 == 0)
+        rounds.append((a["turns"], b["turns"]))
+        first.append(a["turns"][0] / b["turns"][0])
+        waits[0].append(a["wait"])
+        waits[1].append(b["wait"])
+    c = compare(rounds)
+    determinism = "deterministic" if recipe.trainer["deterministic"] else "not deterministic"
+    return {"figure": f"image DataLoader path, shapes-resnet, {workers} workers, {determinism}: time per sample, "
+                      f"epochs 2-{epochs}", "a": c["a_epoch"], "b": c["b_epoch"], "unit": "s", "goal": "<= 1.05x",
+            **c, "first": statistics.median(first), "samples_s": samples / c["a_epoch"],
+            "hand_samples_s": samples / c["b_epoch"], "wait_ms": 1000 * statistics.median(waits[0]),
+            "hand_wait_ms": 1000 * statistics.median(waits[1])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2, help="A/B pairs per timed figure (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per timed figure (default 3)")
     parser.add_argument("--scale", type=int, default=20, help="MB of rows at 1x for the memory figure (default 20)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs of the image figure (default 1)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of the image figure, at least 2 (default 6)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader workers (default 2)")
     parser.add_argument("--parts", nargs="+", default=["memory", "speed", "images"],
                         help="which figures (default: memory speed images)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of the image recipe for both sides (e.g. trainer.deterministic=false)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -255,14 +310,19 @@ def main() -> None:
         if "speed" in args.parts:
             rows.append(on_demand_speed(tmp, args.repeats, uri))
         for workers in args.workers if "images" in args.parts else []:
-            rows.append(image_loader(args.repeats, uri, workers, args.epochs))
+            rows.append(image_loader(args.repeats, uri, workers, args.epochs, args.overrides))
     print(f"{'figure':<72} {'A':>9} {'B':>9} {'ratio':>7}  goal")
     for row in rows:
         spread = f"  ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})" if "ratio_min" in row else ""
-        wait = (f"   [data wait per step: retort {row['wait_ms']:.2f} ms, hand-written {row['hand_wait_ms']:.2f} ms]"
-                if "wait_ms" in row else "")
+        if "pairs" in row:
+            spread = f"  (rounds {', '.join(f'{r:.3f}' for r in row['rounds'])})"
         print(f"{row['figure']:<72} {row['a']:>8.2f}{row['unit']:<1} {row['b']:>8.2f}{row['unit']:<1} "
-              f"{row['ratio']:>6.3f}x  {row['goal']}{spread}{wait}")
+              f"{row['ratio']:>6.3f}x  {row['goal']}{spread}")
+        if "pairs" in row:
+            print(f"{'':<4}{row['pairs']} epoch pairs taking turns: epoch (median) {row['a']:.3f} s against "
+                  f"{row['b']:.3f} s, {row['samples_s']:.0f} against {row['hand_samples_s']:.0f} samples/s; the first "
+                  f"epoch (starting the workers) {row['first']:.3f}x; data wait per step: retort "
+                  f"{row['wait_ms']:.2f} ms, hand-written {row['hand_wait_ms']:.2f} ms")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
