@@ -2,7 +2,7 @@
 
     scripts/bench data                 # about 3.5 minutes of CPU time on 2 cores
     scripts/bench data --parts images  # the image DataLoader figure alone: about 100 s of CPU time
-    scripts/bench data --parts images --epochs 21 --repeats 6   # steadier, about 6 minutes
+    scripts/bench data --parts images --epochs 16 --repeats 8   # steadier, about 7 minutes
     scripts/bench data --parts images --set trainer.deterministic=false   # an override on both sides
     scripts/bench data --scale 20      # the memory figure with 20 MB and 200 MB of rows
 
@@ -18,8 +18,8 @@ Figures (goals from the issue; the bench reports, it never fails):
   (<= 1.05x: the same throughput within 5 %) is on the time per training sample in the epochs after the first,
   each epoch counted from its start to the next one's (training, validation, the epoch's end): per round (a
   pair of processes) the ratio of the sums, and the median of the rounds. Beside it the first epoch (it starts
-  the DataLoader workers) and the time each step waits for data in both. By default 2 workers, 6 epochs, 3
-  rounds (the side that leads alternating); ``--epochs 21 --repeats 6`` is steadier.
+  the DataLoader workers) and the time each step waits for data in both. By default 2 workers, 6 epochs, 4
+  rounds (balanced over the leader and the process slots); ``--epochs 16 --repeats 8`` is steadier.
 Other figures: A and B run alternately (A B A B ...) and the median of the per-pair ratios is quoted.
 """
 
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from turns import Turns, compare, take_turns  # noqa: E402
+from turns import Turns, compare, take_rounds  # noqa: E402
 
 # a child process: train one epoch on the rows in FOLDER, read as HOW; print the peak resident set in MB
 _CHILD = r"""
@@ -260,7 +260,7 @@ def _image_side(args: tuple[str, list[str], str], turns: Turns) -> dict:
 def image_loader(repeats: int, uri: str, workers: int, epochs: int, overrides: list[str]) -> dict:
     """Time per training sample, epoch by epoch, with retort and the hand-written loop taking turns (one
     process each): the epochs after the first (what a long run spends), and the first apart (it starts the
-    DataLoader workers). ``repeats`` rounds, the side that leads alternating."""
+    DataLoader workers). ``repeats`` rounds, balanced over the leader and the process slots."""
     from retort import recipes
     from retort.recipes.runner import build
 
@@ -269,8 +269,7 @@ def image_loader(repeats: int, uri: str, workers: int, epochs: int, overrides: l
     recipe = recipes.load("shapes-resnet", overrides)
     samples = len(build(recipe).splits.train)  # generates the images once, before the figure
     rounds, first, waits = [], [], ([], [])
-    for i in range(repeats):
-        a, b = take_turns(_image_side, ("retort", overrides, uri), ("hand", overrides, uri), a_leads=i % 2 == 0)
+    for a, b in take_rounds(_image_side, ("retort", overrides, uri), ("hand", overrides, uri), repeats):
         rounds.append((a["turns"], b["turns"]))
         first.append(a["turns"][0] / b["turns"][0])
         waits[0].append(a["wait"])
@@ -286,7 +285,7 @@ def image_loader(repeats: int, uri: str, workers: int, epochs: int, overrides: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per timed figure (default 3)")
+    parser.add_argument("--repeats", type=int, default=4, help="A/B pairs, or rounds of turns, per figure (default 4)")
     parser.add_argument("--scale", type=int, default=20, help="MB of rows at 1x for the memory figure (default 20)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the image figure, at least 2 (default 6)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader workers (default 2)")

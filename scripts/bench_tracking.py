@@ -9,7 +9,8 @@ scripts/bench_tracking.py``).
   flushes (every 5 s) and checkpoints (every 10 s) happen. Goals: <= 3 % on digits-mlp, <= 1 % on the 20 ms
   step. The heartbeat and the spool, which every run has, run on both sides; system metrics are off on both.
 - the same end to end: fit time on over off, the two taking turns epoch by epoch in two processes
-  (``turns.py``), 4 rounds with the leader alternating; the median of the rounds' ratios and their range. Its
+  (``turns.py``), 4 rounds balanced over the leader and the process slots; the median of the rounds' ratios
+  and their range. Its
   floor is the speed of a process itself: the same recipe on both sides gave 0.96x and 1.10x in two rounds on
   this machine, so this row checks the first at a few per cent; it cannot show 1 %.
 - resumable checkpoint: the cost of one save (digits-mlp, saving as often as the 2% budget allows) and so its
@@ -51,17 +52,16 @@ def _tracking_side(args: tuple[list[str], str], turns) -> dict:
 def tracking_overhead(repeats: int, uri: str, name: str = "digits-mlp", overrides: tuple[str, ...] = (),
                       epochs: int = 600) -> dict:
     """Tracking every step (and the resumable checkpoint at its default interval) over both off, the two taking
-    turns epoch by epoch in two processes for ``epochs`` epochs, ``repeats`` rounds with the leader alternating:
-    the ratio of the sums of the epochs' times, so that a flush every few seconds and a checkpoint every ten
-    count in full, with a 95 % interval from resampling the epoch pairs."""
-    from turns import compare, take_turns
+    turns epoch by epoch in two processes for ``epochs`` epochs, ``repeats`` rounds balanced over the leader
+    and the process slots: per round the ratio of the sums of the epochs' times (a flush every few seconds and
+    a checkpoint every ten count in full), and the median of the rounds."""
+    from turns import compare, take_rounds
 
     base = [*overrides, f"trainer.max_epochs={epochs}", "tracking.system_metrics=false"]
     on = [*base, "tracking.log_every_n_steps=1"]
     off = [*base, "tracking.log_every_n_steps=0", "tracking.resume_every=null"]
     rounds, fits = [], []
-    for i in range(repeats):
-        a, b = take_turns(_tracking_side, (on, uri), (off, uri), a_leads=i % 2 == 0)
+    for a, b in take_rounds(_tracking_side, (on, uri), (off, uri), repeats):
         rounds.append((a["turns"], b["turns"]))
         fits.append((a["fit"], b["fit"]))
     c = compare(rounds)

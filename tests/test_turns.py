@@ -10,7 +10,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from turns import compare, take_turns
+from turns import compare, take_rounds, take_turns
+
+
+def _slot(args: str, turns) -> dict:
+    """Which side this is, which process slot it ran in and whether it led (its first epoch started first)."""
+    import multiprocessing
+
+    turns.next()
+    started = time.monotonic()
+    turns.done()
+    return {"side": args, "name": multiprocessing.current_process().name, "started": started}
 
 
 def _epochs(args: tuple[int, float, bool], turns) -> dict:
@@ -59,3 +69,11 @@ def test_compare_takes_the_median_of_the_rounds_ratios_of_sums():
     assert (c["ratio"], c["low"], c["high"], c["pairs"]) == (pytest.approx(4 / 3), 1.0, 1.5, 6)
     with pytest.raises(ValueError, match="no epoch pairs"):
         compare([([1.0], [1.0])])
+
+
+def test_rounds_are_balanced_over_the_leader_and_the_process_slots():
+    rounds = take_rounds(_slot, "A", "B", 4)
+    assert [(a["side"], b["side"]) for a, b in rounds] == [("A", "B")] * 4  # results in (A, B) order
+    slots = [a["name"] == "turns-first" for a, _ in rounds]  # the process started first
+    leads = [a["started"] < b["started"] for a, b in rounds]
+    assert sorted(zip(slots, leads)) == sorted([(True, True), (True, False), (False, True), (False, False)])
