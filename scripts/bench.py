@@ -52,6 +52,7 @@ from bench_tracking import (  # noqa: E402
     tracking_overhead,
     tracking_share,
 )
+from spent import inside  # noqa: E402
 
 
 def hand_written_fit(recipe, splits) -> float:
@@ -225,31 +226,14 @@ def telemetry_share(repeats: int, uri: str) -> float:
     from retort import recipes
     from retort.recipes.throughput import Throughput
 
-    spent = [0.0]
     hooks = ("on_train_batch_start", "on_train_batch_end", "on_train_epoch_start", "on_train_epoch_end")
-    original = {name: getattr(Throughput, name) for name in hooks}
-
-    def timed(hook):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return hook(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - start
-        return run
-
     recipe = recipes.load("digits-mlp")
     shares = []
-    try:
-        for name, hook in original.items():
-            setattr(Throughput, name, timed(hook))
+    with inside([(Throughput, name) for name in hooks]) as spent:
         for _ in range(repeats):
-            spent[0] = 0.0
+            spent.reset()
             fit = retort_fit(recipe, uri)
-            shares.append(spent[0] / fit)
-    finally:
-        for name, hook in original.items():
-            setattr(Throughput, name, hook)
+            shares.append(spent.seconds / fit)
     return statistics.median(shares)
 
 
@@ -331,7 +315,7 @@ def main() -> None:
             goals += [1.0, 1.05]
         if "tracking" in only:
             rounds = max(4, args.repeats // 2)  # a round is two processes taking turns: about 30 s
-            rows.append(tracking_overhead(rounds, uri, epochs=300))
+            rows.append(tracking_overhead(rounds, uri))
             rows.append(tracking_overhead(rounds, uri, TWENTY_MS, MLP_20MS, epochs=100))
             goals += [1.03, 1.01]
             figures["tracking_share"] = [tracking_share(uri, epochs=400),
@@ -354,7 +338,7 @@ def main() -> None:
 
     print(f"{'figure':<58} {'retort':>9} {'baseline':>9} {'ratio':>7}  (min-max)      goal")
     for row, goal in zip(rows, goals):
-        if row.get("interval"):
+        if "rounds" in row:
             print(overhead_line(row, goal))
             continue
         step = f"   [hand-written step {row['hand_step_ms']:.2f} ms]" if "hand_step_ms" in row else ""

@@ -10,9 +10,9 @@ scripts/bench_tracking.py``).
   step. The heartbeat and the spool, which every run has, run on both sides; system metrics are off on both.
 - the same end to end: fit time on over off, the two taking turns epoch by epoch in two processes
   (``turns.py``), 4 rounds balanced over the leader and the process slots; the median of the rounds' ratios
-  and their range. Its
-  floor is the speed of a process itself: the same recipe on both sides gave 0.96x and 1.10x in two rounds on
-  this machine, so this row checks the first at a few per cent; it cannot show 1 %.
+  and their range. Its floor is the speed of a process itself: the same recipe on both sides spread
+  0.946-1.021 over 4 rounds on this machine, so this row checks the first to several per cent; it cannot
+  show 1 %.
 - resumable checkpoint: the cost of one save (digits-mlp, saving as often as the 2% budget allows) and so its
   share of training at the default ``tracking.resume_every`` (10 s).
 - what a SIGKILL loses: ``retort run`` (a whole process) killed at a random moment of training, then ``retort
@@ -50,7 +50,7 @@ def _tracking_side(args: tuple[list[str], str], turns) -> dict:
 
 
 def tracking_overhead(repeats: int, uri: str, name: str = "digits-mlp", overrides: tuple[str, ...] = (),
-                      epochs: int = 600) -> dict:
+                      epochs: int = 300) -> dict:
     """Tracking every step (and the resumable checkpoint at its default interval) over both off, the two taking
     turns epoch by epoch in two processes for ``epochs`` epochs, ``repeats`` rounds balanced over the leader
     and the process slots: per round the ratio of the sums of the epochs' times (a flush every few seconds and
@@ -64,10 +64,7 @@ def tracking_overhead(repeats: int, uri: str, name: str = "digits-mlp", override
     for a, b in take_rounds(_tracking_side, (on, uri), (off, uri), repeats):
         rounds.append((a["turns"], b["turns"]))
         fits.append((a["fit"], b["fit"]))
-    c = compare(rounds)
-    return {"figure": f"tracking overhead, {name}: every step over off", "retort_fit_s": c["a_epoch"],
-            "hand_written_fit_s": c["b_epoch"], "interval": True, **c, "ratio_min": c["low"],
-            "ratio_max": c["high"], "fits": fits}
+    return {"figure": f"tracking overhead, {name}: every step over off", **compare(rounds), "fits": fits}
 
 
 def tracking_share(uri: str, name: str = "digits-mlp", overrides: tuple[str, ...] = (), epochs: int = 150,
@@ -77,38 +74,23 @@ def tracking_share(uri: str, name: str = "digits-mlp", overrides: tuple[str, ...
     resumable checkpoint's, with every step recorded and the checkpoint on, less the same with both off (the
     recorder still writes each epoch's values), each over its own fit time; the median of ``repeats`` runs of
     each. Unlike two fits' times, this is not blurred by the machine's speed: it resolves 0.1 %."""
+    from spent import inside
+
     from retort import recipes
     from retort.recipes.hooks import Recorder, Resumable
 
-    spent = [0.0]
     hooks = [(Recorder, "on_train_batch_end"), (Recorder, "on_train_epoch_end"), (Recorder, "on_exception"),
              (Resumable, "on_train_batch_start"), (Resumable, "on_train_start")]
-    original = [(cls, hook, getattr(cls, hook)) for cls, hook in hooks]
-
-    def timed(method):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                spent[0] += time.perf_counter() - start
-        return run
-
     base = [*overrides, f"trainer.max_epochs={epochs}", "tracking.system_metrics=false"]
     on = recipes.load("digits-mlp", [*base, "tracking.log_every_n_steps=1"])
     off = recipes.load("digits-mlp", [*base, "tracking.log_every_n_steps=0", "tracking.resume_every=null"])
     shares: dict[str, list[float]] = {"on": [], "off": []}
-    try:
-        for cls, hook, method in original:
-            setattr(cls, hook, timed(method))
+    with inside(hooks) as spent:
         for _ in range(repeats):
             for side, recipe in (("on", on), ("off", off)):
-                spent[0] = 0.0
+                spent.reset()
                 fit = recipes.run(recipe, tracking_uri=uri, quiet=True).fit_seconds
-                shares[side].append(spent[0] / fit)
-    finally:
-        for cls, hook, method in original:
-            setattr(cls, hook, method)
+                shares[side].append(spent.seconds / fit)
     on_share, off_share = statistics.median(shares["on"]), statistics.median(shares["off"])
     return {"figure": f"tracking every step, {name}: time in it over fit time", "on": on_share, "off": off_share,
             "added": on_share - off_share}
@@ -196,7 +178,7 @@ def main() -> None:
         os.chdir(tmp)
         os.environ["RETORT_SPOOL"] = str(Path(tmp) / "spool")
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        rows = [tracking_overhead(args.repeats, uri, epochs=300),
+        rows = [tracking_overhead(args.repeats, uri),
                 tracking_overhead(args.repeats, uri, TWENTY_MS, MLP_20MS, epochs=100)]
         shares = [tracking_share(uri, epochs=400), tracking_share(uri, TWENTY_MS, MLP_20MS, epochs=150)]
         cost = checkpoint_cost(uri)
