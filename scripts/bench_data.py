@@ -1,8 +1,8 @@
 """retort's data figures, each a ratio against a baseline measured in the same run.
 
-    scripts/bench data                 # about 3.5 minutes of CPU time on 2 cores
-    scripts/bench data --parts images  # the image DataLoader figure alone: about 100 s of CPU time
-    scripts/bench data --parts images --epochs 16 --repeats 8   # steadier, about 7 minutes
+    scripts/bench data                 # every figure: a few minutes on 2 cores
+    scripts/bench data --parts images  # the image DataLoader figure alone: about 1.5 minutes
+    scripts/bench data --parts images --epochs 16 --repeats 8   # steadier, about 6 minutes
     scripts/bench data --parts images --set trainer.deterministic=false   # an override on both sides
     scripts/bench data --scale 20      # the memory figure with 20 MB and 200 MB of rows
 
