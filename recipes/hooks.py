@@ -20,8 +20,26 @@ import torch
 from retort.plugins.errors import Interrupted
 from retort.tracking.vocabulary import Metric
 
+# the hooks Lightning calls on every callback at every batch
+PER_BATCH = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+             "on_before_optimizer_step", "on_before_zero_grad", "on_validation_batch_start",
+             "on_validation_batch_end", "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start",
+             "on_predict_batch_end")
 
-class Recorder(pl.Callback):
+
+class LoopCallback(pl.Callback):
+    """A callback of the loop's own. Lightning calls every per-batch hook of every callback, the base class's
+    no-op where a callback has none: a profiler context and a call, a few µs, some 40 a step for the loop's
+    callbacks. Here a per-batch hook a subclass does not define is None, which Lightning skips."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook in PER_BATCH:
+            if getattr(cls, hook) is getattr(pl.Callback, hook):
+                setattr(cls, hook, None)
+
+
+class Recorder(LoopCallback):
     """Writes the run's values to its MLflow record in batches, off the training step's path.
 
     Per epoch: ``train/loss`` and ``lr`` of every ``every``-th step not yet recorded, values other
@@ -80,7 +98,7 @@ class Recorder(pl.Callback):
             self.record.maybe_flush()
 
 
-class EpochLine(pl.Callback):
+class EpochLine(LoopCallback):
     """``epoch 3/20  train loss 0.4121  val loss 0.3890  val accuracy 0.9412`` on stdout per epoch; on a
     terminal, a live bar during the epoch (:class:`recipes.display.EpochBar`) on stderr."""
 
@@ -125,7 +143,7 @@ class EpochLine(pl.Callback):
             self.bar.stop()
 
 
-class BestWeights(pl.Callback):
+class BestWeights(LoopCallback):
     """Keeps the best epoch's weights (lowest ``monitor``) in memory, one tensor copy per improvement;
     :meth:`save` writes them once at the end instead of a file per improvement. Its state travels in
     checkpoints, so a resumed run keeps its best."""
@@ -196,7 +214,7 @@ class SignalGuard:
             signal.signal(s, h)
 
 
-class Interruption(pl.Callback):
+class Interruption(LoopCallback):
     """Acts on a :class:`SignalGuard`'s request at the start of a training batch, when exactly the batches
     before it are applied (under gradient accumulation, at the start of the next window: gradients of a
     window's first batches are in no checkpoint): saves a resumable checkpoint, records the epoch so far,
@@ -224,7 +242,7 @@ class Interruption(pl.Callback):
 
 
 
-class Resumable(pl.Callback):
+class Resumable(LoopCallback):
     """Keeps a resumable checkpoint of the run no older than ``every`` seconds of training (and spends at most
     2% of it doing so): at a batch boundary where exactly the batches before it are applied, as
     :class:`Interruption` does, written to a temporary file and renamed over ``path``, so that a SIGKILL leaves
@@ -260,7 +278,7 @@ class Resumable(pl.Callback):
         self._due = time.monotonic() + max(self.every, spent / self.budget)
 
 
-class RunId(pl.Callback):
+class RunId(LoopCallback):
     """Every rank learns the run's id from rank zero once the processes are connected (DDP, torchrun)."""
 
     def __init__(self, own: str | None):

@@ -203,6 +203,16 @@ class RecipeModule(pl.LightningModule):
         self._prepared_epoch = -1
         self.history: dict[str, list[tuple[int, Any]]] = {}  # other values callbacks record, per step
 
+    # Attributes set several times a step (Lightning names the hook it is in twice per hook call): never a
+    # parameter, buffer or module, so they skip nn.Module's checks for those (a few µs each, 0.1 ms a step)
+    _PLAIN = frozenset({"_current_fx_name", "batches_seen", "_prepared_epoch", "_resumed_batches"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in RecipeModule._PLAIN:
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
+
     def record(self, key: str, value: Any, step: int) -> None:
         """Keep ``value`` (a float or a tensor, read later) for the recorder to write at the epoch's end."""
         self.history.setdefault(key, []).append((step, value))

@@ -21,6 +21,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from retort.recipes.hooks import LoopCallback
+
 
 def _compile_seconds() -> float:
     """Seconds torch.compile has spent in this process (dynamo's own clock; 0 where it has none)."""
@@ -33,7 +35,7 @@ def _compile_seconds() -> float:
         return 0.0
 
 
-class Throughput(pl.Callback):
+class Throughput(LoopCallback):
     """Measures each training epoch; writes ``perf/*`` into ``record`` (None on ranks other than zero)."""
 
     def __init__(self, record: Any, *, peak_tflops: float | None = None, compiled: bool = False,

@@ -30,9 +30,9 @@ def pruning_class() -> type:
 
     import pytorch_lightning as pl
 
-    from retort.recipes.hooks import RunId
+    from retort.recipes.hooks import LoopCallback, RunId
 
-    class Pruning(pl.Callback):
+    class Pruning(LoopCallback):
         def __init__(self, trial: Any, metric: str, maximize: bool, max_epochs: int = 1, seeds: int = 1):
             self.trial, self.metric, self.maximize = trial, metric, maximize
             self.max_epochs, self.seeds = max_epochs, seeds
