@@ -317,7 +317,7 @@ class RecipeModule(pl.LightningModule):
             first = int((~torch.isfinite(bad)).nonzero()[0, 0])
             raise NonFiniteLoss(f"training loss is {float(bad[first])} at epoch {self.current_epoch + 1}, "
                                 f"batch {first + 1}")
-        self.log(Metric.TRAIN_LOSS_EPOCH, average, logger=False)
+        self.publish({Metric.TRAIN_LOSS_EPOCH: average})
         if self.scheduler is not None and self.recipe.scheduler["interval"] == "epoch":
             monitor = self.recipe.scheduler.get("monitor")
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -363,8 +363,15 @@ class RecipeModule(pl.LightningModule):
             values[f"{prefix}/{key}"] = float(metric.compute())
             metric.reset()
         self._eval_sum, self._eval_count = None, 0
-        self.log_dict(values, logger=False)
+        self.publish(values)
         return values
+
+    def publish(self, values: dict[str, float]) -> None:
+        """Per-epoch values into ``trainer.callback_metrics``, where monitors read them (early stopping,
+        checkpoints, a plateau schedule). ``self.log`` would put them there through Lightning's result
+        collection, which the loop then moves and reduces every epoch: 3-4 ms an epoch here, a fifth of
+        digits-mlp's. The values are already reduced over ranks, and nothing else reads that collection."""
+        self.trainer.callback_metrics.update({key: torch.tensor(float(v)) for key, v in values.items()})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)

@@ -24,6 +24,8 @@ class Probe(pl.Callback):
                 self.seen.append(events[name])
                 if name == Event.EPOCH_END.value:
                     self.summaries.append(module.epoch_summary())
+                if name in (Event.EPOCH_START.value, Event.TRAIN_END.value):  # after the last epoch's monitors
+                    self.callback_metrics.append({k: float(v) for k, v in trainer.callback_metrics.items()})
             return note
         return super().__getattribute__(name)
 
@@ -39,6 +41,9 @@ def test_a_run_goes_through_the_events_in_the_documented_order(client):
     for key in ("train/loss_epoch", "val/loss", "val/accuracy"):
         history = sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)
         assert [m.value for m in history] == pytest.approx([s[key] for s in probe.summaries], rel=1e-6)
+    # monitors (early stopping, checkpoints, a plateau schedule) read the same values from callback_metrics
+    assert probe.callback_metrics[0] == {}
+    assert probe.callback_metrics[1:] == [pytest.approx(s, rel=1e-6) for s in probe.summaries]
 
 
 def result_train_rows(r) -> int:
